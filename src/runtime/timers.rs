@@ -1,0 +1,78 @@
+//! The loop's timers: a min-heap of deadlines with lazy cancellation.
+//! Every timer's callback runs exactly once: `Fired` at its deadline, or
+//! `Cancelled` after `cancel` or when the loop is freed.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerOutcome {
+    Fired,
+    Cancelled,
+}
+
+pub type TimerCallback = Box<dyn FnOnce(TimerOutcome) + Send>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TimerId(pub u64);
+
+#[derive(Default)]
+pub struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    callbacks: HashMap<u64, TimerCallback>,
+    next_id: u64,
+}
+
+impl Timers {
+    pub fn add(&mut self, deadline: Instant, cb: TimerCallback) -> TimerId {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.heap.push(Reverse((deadline, id)));
+        self.callbacks.insert(id, cb);
+        TimerId(id)
+    }
+
+    /// Takes the callback of a timer that has not fired yet.
+    pub fn cancel(&mut self, id: TimerId) -> Option<TimerCallback> {
+        self.callbacks.remove(&id.0)
+    }
+
+    /// The earliest live deadline.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((deadline, id))) = self.heap.peek() {
+            if self.callbacks.contains_key(id) {
+                return Some(*deadline);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Removes and returns the callbacks due at `now`, earliest first.
+    pub fn take_due(&mut self, now: Instant) -> Vec<TimerCallback> {
+        let mut due = Vec::new();
+        while let Some(Reverse((deadline, id))) = self.heap.peek() {
+            if *deadline > now {
+                break;
+            }
+            let id = *id;
+            self.heap.pop();
+            if let Some(cb) = self.callbacks.remove(&id) {
+                due.push(cb);
+            }
+        }
+        due
+    }
+
+    pub fn take_all(&mut self) -> Vec<TimerCallback> {
+        self.heap.clear();
+        let mut all: Vec<(u64, TimerCallback)> = self.callbacks.drain().collect();
+        all.sort_by_key(|(id, _)| *id);
+        all.into_iter().map(|(_, cb)| cb).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.callbacks.len()
+    }
+}
