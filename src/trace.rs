@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Trace levels: a sink set at level N receives every record of level ≤ N.
-pub const LEVEL_OFF: i32 = 0;
-pub const LEVEL_ERROR: i32 = 1;
-pub const LEVEL_INFO: i32 = 2;
-pub const LEVEL_VERBOSE: i32 = 3;
+pub(crate) const LEVEL_OFF: i32 = 0;
+pub(crate) const LEVEL_ERROR: i32 = 1;
+pub(crate) const LEVEL_INFO: i32 = 2;
+pub(crate) const LEVEL_VERBOSE: i32 = 3;
 
 /// Where records go. The core does not know the sink is a C callback.
 pub type Sink = Arc<dyn Fn(i32, &str, &str) + Send + Sync>;
@@ -78,7 +78,12 @@ pub(crate) mod tests {
         let _g = SINK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        set(Some(Arc::new(move |l, c: &str, t: &str| s.lock().unwrap().push((l, c.to_string(), t.to_string())))), LEVEL_INFO);
+        set(
+            Some(Arc::new(move |l, c: &str, t: &str| {
+                s.lock().unwrap().push((l, c.to_string(), t.to_string()))
+            })),
+            LEVEL_INFO,
+        );
         trace!(LEVEL_ERROR, "t", "e{}", 1);
         trace!(LEVEL_INFO, "t", "i");
         trace!(LEVEL_VERBOSE, "t", "v");

@@ -1,1 +1,6 @@
+//! Sockets and endpoints. Later: the Begin/End and event-args operations.
 
+pub mod endpoint;
+pub mod socket;
+
+pub use socket::{AddressFamily, Protocol, ShutdownHow, Socket, SocketOption, SocketType};

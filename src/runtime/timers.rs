@@ -71,8 +71,4 @@ impl Timers {
         all.sort_by_key(|(id, _)| *id);
         all.into_iter().map(|(_, cb)| cb).collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.callbacks.len()
-    }
 }

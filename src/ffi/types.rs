@@ -1,0 +1,58 @@
+//! The plain C types: the error typedef, handle structs and endpoints.
+
+use std::ffi::c_void;
+
+/// A code of the asock error space: `ASOCK_OK` (0), a .NET SocketError
+/// value, or a negative library code (`ASOCK_E_*`).
+pub type asock_error = i32;
+
+/// An event loop. Passed by value; `{0}` is the default loop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct asock_loop {
+    pub id: u64,
+}
+
+/// A socket. Passed by value; `{0}` is "none". Valid until
+/// `asock_socket_close`; afterwards every call with it returns
+/// `ASOCK_E_OBJECT_DISPOSED`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct asock_socket {
+    pub id: u64,
+}
+
+/// An IPv4 or IPv6 endpoint. `family` is `ASOCK_AF_INET` (2) or
+/// `ASOCK_AF_INET6` (23); `port` is in host byte order; `addr` holds 4 bytes
+/// for IPv4 (network order, the rest ignored) or 16 for IPv6; `flowinfo` and
+/// `scope_id` apply to IPv6 only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct asock_endpoint {
+    pub family: i32,
+    pub port: u16,
+    pub addr: [u8; 16],
+    pub flowinfo: u32,
+    pub scope_id: u32,
+}
+
+/// A function run on a loop's thread with the state pointer given to
+/// `asock_loop_post`.
+pub type asock_post_callback = Option<unsafe extern "C" fn(state: *mut c_void)>;
+
+/// A timer's completion: `status` is `ASOCK_OK` when the delay passed, or
+/// `ASOCK_OPERATION_ABORTED` when the timer was cancelled or its loop freed.
+pub type asock_timer_callback =
+    Option<unsafe extern "C" fn(state: *mut c_void, status: asock_error)>;
+
+/// A trace record. `category` is "loop", "socket" or "smtp"; `category` and
+/// `text` are valid only during the call. Called on whichever thread did the
+/// traced work, possibly several at once: the function must be thread-safe.
+pub type asock_trace_callback = Option<
+    unsafe extern "C" fn(
+        level: i32,
+        category: *const std::ffi::c_char,
+        text: *const std::ffi::c_char,
+        userdata: *mut c_void,
+    ),
+>;
