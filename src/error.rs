@@ -85,286 +85,66 @@ pub const ASOCK_E_SMTP_PROTOCOL: i32 = -1108;
 /// NUL-terminated so `asock_error_name` can hand them out without copying.
 static CODES: &[(i32, &std::ffi::CStr, &str)] = &[
     (ASOCK_OK, c"Success", "the operation succeeded"),
-    (
-        ASOCK_SOCKET_ERROR,
-        c"SocketError",
-        "an unspecified socket error occurred",
-    ),
-    (
-        ASOCK_OPERATION_ABORTED,
-        c"OperationAborted",
-        "the operation was aborted because the socket was closed",
-    ),
+    (ASOCK_SOCKET_ERROR, c"SocketError", "an unspecified socket error occurred"),
+    (ASOCK_OPERATION_ABORTED, c"OperationAborted", "the operation was aborted because the socket was closed"),
     (ASOCK_IO_PENDING, c"IOPending", "the operation is pending"),
-    (
-        ASOCK_INTERRUPTED,
-        c"Interrupted",
-        "a blocking call was interrupted",
-    ),
-    (
-        ASOCK_ACCESS_DENIED,
-        c"AccessDenied",
-        "access to the socket was denied",
-    ),
-    (
-        ASOCK_FAULT,
-        c"Fault",
-        "an invalid pointer address was passed to the system",
-    ),
-    (
-        ASOCK_INVALID_ARGUMENT,
-        c"InvalidArgument",
-        "the system rejected an argument",
-    ),
-    (
-        ASOCK_TOO_MANY_OPEN_SOCKETS,
-        c"TooManyOpenSockets",
-        "too many open sockets or files",
-    ),
-    (
-        ASOCK_WOULD_BLOCK,
-        c"WouldBlock",
-        "the operation would block",
-    ),
-    (
-        ASOCK_IN_PROGRESS,
-        c"InProgress",
-        "a blocking operation is in progress",
-    ),
-    (
-        ASOCK_ALREADY_IN_PROGRESS,
-        c"AlreadyInProgress",
-        "an operation is already in progress",
-    ),
-    (
-        ASOCK_NOT_SOCKET,
-        c"NotSocket",
-        "the operation was attempted on a non-socket",
-    ),
-    (
-        ASOCK_DESTINATION_ADDRESS_REQUIRED,
-        c"DestinationAddressRequired",
-        "a destination address is required",
-    ),
-    (
-        ASOCK_MESSAGE_SIZE,
-        c"MessageSize",
-        "the datagram is too long",
-    ),
-    (
-        ASOCK_PROTOCOL_TYPE,
-        c"ProtocolType",
-        "the protocol type is wrong for this socket",
-    ),
-    (
-        ASOCK_PROTOCOL_OPTION,
-        c"ProtocolOption",
-        "an unknown or unsupported option was used",
-    ),
-    (
-        ASOCK_PROTOCOL_NOT_SUPPORTED,
-        c"ProtocolNotSupported",
-        "the protocol is not supported",
-    ),
-    (
-        ASOCK_SOCKET_NOT_SUPPORTED,
-        c"SocketNotSupported",
-        "the socket type is not supported in this address family",
-    ),
-    (
-        ASOCK_OPERATION_NOT_SUPPORTED,
-        c"OperationNotSupported",
-        "the operation is not supported on this socket",
-    ),
-    (
-        ASOCK_PROTOCOL_FAMILY_NOT_SUPPORTED,
-        c"ProtocolFamilyNotSupported",
-        "the protocol family is not supported",
-    ),
-    (
-        ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED,
-        c"AddressFamilyNotSupported",
-        "the address family is not supported",
-    ),
-    (
-        ASOCK_ADDRESS_ALREADY_IN_USE,
-        c"AddressAlreadyInUse",
-        "the address is already in use",
-    ),
-    (
-        ASOCK_ADDRESS_NOT_AVAILABLE,
-        c"AddressNotAvailable",
-        "the address is not valid in this context",
-    ),
+    (ASOCK_INTERRUPTED, c"Interrupted", "a blocking call was interrupted"),
+    (ASOCK_ACCESS_DENIED, c"AccessDenied", "access to the socket was denied"),
+    (ASOCK_FAULT, c"Fault", "an invalid pointer address was passed to the system"),
+    (ASOCK_INVALID_ARGUMENT, c"InvalidArgument", "the system rejected an argument"),
+    (ASOCK_TOO_MANY_OPEN_SOCKETS, c"TooManyOpenSockets", "too many open sockets or files"),
+    (ASOCK_WOULD_BLOCK, c"WouldBlock", "the operation would block"),
+    (ASOCK_IN_PROGRESS, c"InProgress", "a blocking operation is in progress"),
+    (ASOCK_ALREADY_IN_PROGRESS, c"AlreadyInProgress", "an operation is already in progress"),
+    (ASOCK_NOT_SOCKET, c"NotSocket", "the operation was attempted on a non-socket"),
+    (ASOCK_DESTINATION_ADDRESS_REQUIRED, c"DestinationAddressRequired", "a destination address is required"),
+    (ASOCK_MESSAGE_SIZE, c"MessageSize", "the datagram is too long"),
+    (ASOCK_PROTOCOL_TYPE, c"ProtocolType", "the protocol type is wrong for this socket"),
+    (ASOCK_PROTOCOL_OPTION, c"ProtocolOption", "an unknown or unsupported option was used"),
+    (ASOCK_PROTOCOL_NOT_SUPPORTED, c"ProtocolNotSupported", "the protocol is not supported"),
+    (ASOCK_SOCKET_NOT_SUPPORTED, c"SocketNotSupported", "the socket type is not supported in this address family"),
+    (ASOCK_OPERATION_NOT_SUPPORTED, c"OperationNotSupported", "the operation is not supported on this socket"),
+    (ASOCK_PROTOCOL_FAMILY_NOT_SUPPORTED, c"ProtocolFamilyNotSupported", "the protocol family is not supported"),
+    (ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED, c"AddressFamilyNotSupported", "the address family is not supported"),
+    (ASOCK_ADDRESS_ALREADY_IN_USE, c"AddressAlreadyInUse", "the address is already in use"),
+    (ASOCK_ADDRESS_NOT_AVAILABLE, c"AddressNotAvailable", "the address is not valid in this context"),
     (ASOCK_NETWORK_DOWN, c"NetworkDown", "the network is down"),
-    (
-        ASOCK_NETWORK_UNREACHABLE,
-        c"NetworkUnreachable",
-        "the network is unreachable",
-    ),
-    (
-        ASOCK_NETWORK_RESET,
-        c"NetworkReset",
-        "the connection was broken by a network reset",
-    ),
-    (
-        ASOCK_CONNECTION_ABORTED,
-        c"ConnectionAborted",
-        "the connection was aborted",
-    ),
-    (
-        ASOCK_CONNECTION_RESET,
-        c"ConnectionReset",
-        "the connection was reset by the peer",
-    ),
-    (
-        ASOCK_NO_BUFFER_SPACE_AVAILABLE,
-        c"NoBufferSpaceAvailable",
-        "no buffer space is available",
-    ),
-    (
-        ASOCK_IS_CONNECTED,
-        c"IsConnected",
-        "the socket is already connected",
-    ),
-    (
-        ASOCK_NOT_CONNECTED,
-        c"NotConnected",
-        "the socket is not connected",
-    ),
-    (
-        ASOCK_SHUTDOWN,
-        c"Shutdown",
-        "the socket has been shut down in that direction",
-    ),
-    (
-        ASOCK_TIMED_OUT,
-        c"TimedOut",
-        "the connection attempt timed out",
-    ),
-    (
-        ASOCK_CONNECTION_REFUSED,
-        c"ConnectionRefused",
-        "the remote host refused the connection",
-    ),
+    (ASOCK_NETWORK_UNREACHABLE, c"NetworkUnreachable", "the network is unreachable"),
+    (ASOCK_NETWORK_RESET, c"NetworkReset", "the connection was broken by a network reset"),
+    (ASOCK_CONNECTION_ABORTED, c"ConnectionAborted", "the connection was aborted"),
+    (ASOCK_CONNECTION_RESET, c"ConnectionReset", "the connection was reset by the peer"),
+    (ASOCK_NO_BUFFER_SPACE_AVAILABLE, c"NoBufferSpaceAvailable", "no buffer space is available"),
+    (ASOCK_IS_CONNECTED, c"IsConnected", "the socket is already connected"),
+    (ASOCK_NOT_CONNECTED, c"NotConnected", "the socket is not connected"),
+    (ASOCK_SHUTDOWN, c"Shutdown", "the socket has been shut down in that direction"),
+    (ASOCK_TIMED_OUT, c"TimedOut", "the connection attempt timed out"),
+    (ASOCK_CONNECTION_REFUSED, c"ConnectionRefused", "the remote host refused the connection"),
     (ASOCK_HOST_DOWN, c"HostDown", "the remote host is down"),
-    (
-        ASOCK_HOST_UNREACHABLE,
-        c"HostUnreachable",
-        "there is no route to the host",
-    ),
-    (
-        ASOCK_PROCESS_LIMIT,
-        c"ProcessLimit",
-        "too many processes use the socket layer",
-    ),
-    (
-        ASOCK_DISCONNECTING,
-        c"Disconnecting",
-        "a graceful shutdown is in progress",
-    ),
-    (
-        ASOCK_HOST_NOT_FOUND,
-        c"HostNotFound",
-        "no such host is known",
-    ),
-    (
-        ASOCK_TRY_AGAIN,
-        c"TryAgain",
-        "the name could not be resolved now; try again",
-    ),
-    (
-        ASOCK_NO_RECOVERY,
-        c"NoRecovery",
-        "a non-recoverable name resolution error occurred",
-    ),
-    (
-        ASOCK_NO_DATA,
-        c"NoData",
-        "the name is valid but has no address of the requested type",
-    ),
-    (
-        ASOCK_E_ARGUMENT_NULL,
-        c"ArgumentNull",
-        "a required argument is NULL or the none handle",
-    ),
+    (ASOCK_HOST_UNREACHABLE, c"HostUnreachable", "there is no route to the host"),
+    (ASOCK_PROCESS_LIMIT, c"ProcessLimit", "too many processes use the socket layer"),
+    (ASOCK_DISCONNECTING, c"Disconnecting", "a graceful shutdown is in progress"),
+    (ASOCK_HOST_NOT_FOUND, c"HostNotFound", "no such host is known"),
+    (ASOCK_TRY_AGAIN, c"TryAgain", "the name could not be resolved now; try again"),
+    (ASOCK_NO_RECOVERY, c"NoRecovery", "a non-recoverable name resolution error occurred"),
+    (ASOCK_NO_DATA, c"NoData", "the name is valid but has no address of the requested type"),
+    (ASOCK_E_ARGUMENT_NULL, c"ArgumentNull", "a required argument is NULL or the none handle"),
     (ASOCK_E_ARGUMENT, c"Argument", "an argument is not valid"),
-    (
-        ASOCK_E_ARGUMENT_OUT_OF_RANGE,
-        c"ArgumentOutOfRange",
-        "an argument is out of range",
-    ),
-    (
-        ASOCK_E_INVALID_OPERATION,
-        c"InvalidOperation",
-        "the operation is not valid in the object's current state",
-    ),
-    (
-        ASOCK_E_OBJECT_DISPOSED,
-        c"ObjectDisposed",
-        "the object has been closed or freed",
-    ),
-    (
-        ASOCK_E_NOT_SUPPORTED,
-        c"NotSupported",
-        "the operation is not supported",
-    ),
-    (
-        ASOCK_E_FORMAT,
-        c"Format",
-        "the text is not in a valid format",
-    ),
+    (ASOCK_E_ARGUMENT_OUT_OF_RANGE, c"ArgumentOutOfRange", "an argument is out of range"),
+    (ASOCK_E_INVALID_OPERATION, c"InvalidOperation", "the operation is not valid in the object's current state"),
+    (ASOCK_E_OBJECT_DISPOSED, c"ObjectDisposed", "the object has been closed or freed"),
+    (ASOCK_E_NOT_SUPPORTED, c"NotSupported", "the operation is not supported"),
+    (ASOCK_E_FORMAT, c"Format", "the text is not in a valid format"),
     (ASOCK_E_IO, c"IO", "an input/output error occurred"),
-    (
-        ASOCK_E_INTERNAL,
-        c"Internal",
-        "an internal error occurred in asock",
-    ),
-    (
-        ASOCK_E_SMTP,
-        c"Smtp",
-        "the SMTP server gave an unexpected or negative reply",
-    ),
-    (
-        ASOCK_E_SMTP_CONNECT,
-        c"SmtpConnect",
-        "could not connect to the SMTP server",
-    ),
-    (
-        ASOCK_E_SMTP_AUTHENTICATION,
-        c"SmtpAuthentication",
-        "SMTP authentication failed",
-    ),
-    (
-        ASOCK_E_SMTP_TIMEOUT,
-        c"SmtpTimeout",
-        "the SMTP operation timed out",
-    ),
-    (
-        ASOCK_E_SMTP_STARTTLS_UNAVAILABLE,
-        c"SmtpStartTlsUnavailable",
-        "the server did not offer STARTTLS",
-    ),
-    (
-        ASOCK_E_SMTP_TLS,
-        c"SmtpTls",
-        "the TLS handshake with the SMTP server failed",
-    ),
-    (
-        ASOCK_E_SMTP_CERTIFICATE,
-        c"SmtpCertificate",
-        "the SMTP server's certificate is not valid",
-    ),
-    (
-        ASOCK_E_SMTP_FAILED_RECIPIENTS,
-        c"SmtpFailedRecipients",
-        "the server rejected one or more recipients",
-    ),
-    (
-        ASOCK_E_SMTP_PROTOCOL,
-        c"SmtpProtocol",
-        "the SMTP conversation broke the protocol",
-    ),
+    (ASOCK_E_INTERNAL, c"Internal", "an internal error occurred in asock"),
+    (ASOCK_E_SMTP, c"Smtp", "the SMTP server gave an unexpected or negative reply"),
+    (ASOCK_E_SMTP_CONNECT, c"SmtpConnect", "could not connect to the SMTP server"),
+    (ASOCK_E_SMTP_AUTHENTICATION, c"SmtpAuthentication", "SMTP authentication failed"),
+    (ASOCK_E_SMTP_TIMEOUT, c"SmtpTimeout", "the SMTP operation timed out"),
+    (ASOCK_E_SMTP_STARTTLS_UNAVAILABLE, c"SmtpStartTlsUnavailable", "the server did not offer STARTTLS"),
+    (ASOCK_E_SMTP_TLS, c"SmtpTls", "the TLS handshake with the SMTP server failed"),
+    (ASOCK_E_SMTP_CERTIFICATE, c"SmtpCertificate", "the SMTP server's certificate is not valid"),
+    (ASOCK_E_SMTP_FAILED_RECIPIENTS, c"SmtpFailedRecipients", "the server rejected one or more recipients"),
+    (ASOCK_E_SMTP_PROTOCOL, c"SmtpProtocol", "the SMTP conversation broke the protocol"),
 ];
 
 fn lookup(code: i32) -> Option<&'static (i32, &'static std::ffi::CStr, &'static str)> {
@@ -403,10 +183,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(code: i32, detail: impl Into<String>) -> Self {
-        Error {
-            code,
-            detail: detail.into(),
-        }
+        Error { code, detail: detail.into() }
     }
 
     /// An OS error, mapped as .NET maps errno on Unix, with context.

@@ -56,20 +56,12 @@ pub struct HandleTable<T> {
 }
 
 fn compose(kind: Kind, generation: u32, index: u32) -> u64 {
-    ((kind as u64) << (INDEX_BITS + GEN_BITS))
-        | ((generation as u64 & GEN_MASK) << INDEX_BITS)
-        | index as u64
+    ((kind as u64) << (INDEX_BITS + GEN_BITS)) | ((generation as u64 & GEN_MASK) << INDEX_BITS) | index as u64
 }
 
 impl<T> HandleTable<T> {
     pub const fn new(kind: Kind) -> Self {
-        HandleTable {
-            kind,
-            inner: RwLock::new(Inner {
-                slots: Vec::new(),
-                free: VecDeque::new(),
-            }),
-        }
+        HandleTable { kind, inner: RwLock::new(Inner { slots: Vec::new(), free: VecDeque::new() }) }
     }
 
     pub fn kind(&self) -> Kind {
@@ -85,10 +77,7 @@ impl<T> HandleTable<T> {
             compose(self.kind, slot.generation, index)
         } else {
             let index = inner.slots.len() as u32;
-            inner.slots.push(Slot {
-                generation: 1,
-                value: Some(value),
-            });
+            inner.slots.push(Slot { generation: 1, value: Some(value) });
             compose(self.kind, 1, index)
         }
     }
@@ -124,10 +113,7 @@ impl<T> HandleTable<T> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let slot = inner.slots.get(index);
         match slot {
-            Some(Slot {
-                generation: g,
-                value: Some(v),
-            }) if *g == generation => Ok(v.clone()),
+            Some(Slot { generation: g, value: Some(v) }) if *g == generation => Ok(v.clone()),
             _ => Err(self.stale_or_forged(id, slot, generation)),
         }
     }
@@ -142,11 +128,7 @@ impl<T> HandleTable<T> {
         }
         let slot = &mut inner.slots[index];
         let value = slot.value.take().expect("checked live above");
-        slot.generation = if slot.generation as u64 >= GEN_MASK {
-            1
-        } else {
-            slot.generation + 1
-        };
+        slot.generation = if slot.generation as u64 >= GEN_MASK { 1 } else { slot.generation + 1 };
         inner.free.push_back(index as u32);
         Ok(value)
     }

@@ -79,9 +79,7 @@ pub(crate) mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         set(
-            Some(Arc::new(move |l, c: &str, t: &str| {
-                s.lock().unwrap().push((l, c.to_string(), t.to_string()))
-            })),
+            Some(Arc::new(move |l, c: &str, t: &str| s.lock().unwrap().push((l, c.to_string(), t.to_string())))),
             LEVEL_INFO,
         );
         trace!(LEVEL_ERROR, "t", "e{}", 1);

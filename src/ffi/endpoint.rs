@@ -20,12 +20,9 @@ pub(crate) fn from_c(ep: &asock_endpoint) -> Result<SocketAddr> {
             let ip = Ipv4Addr::new(ep.addr[0], ep.addr[1], ep.addr[2], ep.addr[3]);
             Ok(SocketAddr::V4(SocketAddrV4::new(ip, ep.port)))
         }
-        ASOCK_AF_INET6 => Ok(SocketAddr::V6(SocketAddrV6::new(
-            Ipv6Addr::from(ep.addr),
-            ep.port,
-            ep.flowinfo,
-            ep.scope_id,
-        ))),
+        ASOCK_AF_INET6 => {
+            Ok(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ep.addr), ep.port, ep.flowinfo, ep.scope_id)))
+        }
         f => Err(Error::new(
             ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED,
             format!("endpoint family {f} is not ASOCK_AF_INET (2) or ASOCK_AF_INET6 (23)"),
@@ -34,10 +31,7 @@ pub(crate) fn from_c(ep: &asock_endpoint) -> Result<SocketAddr> {
 }
 
 pub(crate) fn to_c(addr: &SocketAddr) -> asock_endpoint {
-    let mut ep = asock_endpoint {
-        port: addr.port(),
-        ..Default::default()
-    };
+    let mut ep = asock_endpoint { port: addr.port(), ..Default::default() };
     match addr {
         SocketAddr::V4(a) => {
             ep.family = ASOCK_AF_INET;
@@ -62,10 +56,7 @@ pub(crate) fn arg(ep: *const asock_endpoint, what: &str) -> Result<SocketAddr> {
 /// port required, no host names). Bad text → `ASOCK_E_FORMAT`. `*out` is
 /// written only on success. Any thread.
 #[no_mangle]
-pub extern "C" fn asock_endpoint_parse(
-    text: *const c_char,
-    out_ep: *mut asock_endpoint,
-) -> asock_error {
+pub extern "C" fn asock_endpoint_parse(text: *const c_char, out_ep: *mut asock_endpoint) -> asock_error {
     guard(|| {
         let out_ep = out(out_ep, "out")?;
         let text = c_str(text, "text")?;
@@ -80,11 +71,7 @@ pub extern "C" fn asock_endpoint_parse(
 /// or 0 when `ep` is NULL or its family is invalid (see
 /// `asock_error_message`). Any thread.
 #[no_mangle]
-pub extern "C" fn asock_endpoint_format(
-    ep: *const asock_endpoint,
-    buf: *mut c_char,
-    len: usize,
-) -> usize {
+pub extern "C" fn asock_endpoint_format(ep: *const asock_endpoint, buf: *mut c_char, len: usize) -> usize {
     guard_value(0, || match arg(ep, "ep") {
         Ok(addr) => copy_out(&endpoint::format(&addr), buf, len),
         Err(e) => {

@@ -26,9 +26,7 @@ pub extern "C" fn asock_error_message(buf: *mut c_char, len: usize) -> usize {
 /// The library version, "MAJOR.MINOR.PATCH". Static; never NULL.
 #[no_mangle]
 pub extern "C" fn asock_version() -> *const c_char {
-    guard_value(c"?".as_ptr(), || {
-        concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
-    })
+    guard_value(c"?".as_ptr(), || concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char)
 }
 
 /// Maps an `errno` value to the error space the way .NET does on Unix

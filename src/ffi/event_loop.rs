@@ -13,7 +13,9 @@ use std::time::Duration;
 fn own_loop(h: asock_loop, what: &str) -> Result<Arc<EventLoop>> {
     let l = handles::event_loop(h)?;
     if is_default(&l) {
-        return Err(Error::invalid_operation(format!("the default loop runs on its own library thread; {what} applies to loops made by asock_loop_new")));
+        return Err(Error::invalid_operation(format!(
+            "the default loop runs on its own library thread; {what} applies to loops made by asock_loop_new"
+        )));
     }
     Ok(l)
 }
@@ -26,9 +28,7 @@ pub extern "C" fn asock_loop_new(out: *mut asock_loop) -> asock_error {
     guard(|| {
         let out = super::out(out, "out")?;
         let l = EventLoop::new()?;
-        *out = asock_loop {
-            id: LOOPS.insert(l),
-        };
+        *out = asock_loop { id: LOOPS.insert(l) };
         Ok(())
     })
 }
@@ -48,20 +48,12 @@ pub extern "C" fn asock_loop_run(l: asock_loop) -> asock_error {
 /// every callback that is due. `*out_dispatched` (may be NULL) receives the
 /// number of callbacks run. Same restrictions as `asock_loop_run`.
 #[no_mangle]
-pub extern "C" fn asock_loop_run_once(
-    l: asock_loop,
-    timeout_ms: i32,
-    out_dispatched: *mut u32,
-) -> asock_error {
+pub extern "C" fn asock_loop_run_once(l: asock_loop, timeout_ms: i32, out_dispatched: *mut u32) -> asock_error {
     guard(|| {
         let timeout = match timeout_ms {
             -1 => None,
             t if t >= 0 => Some(Duration::from_millis(t as u64)),
-            t => {
-                return Err(Error::out_of_range(format!(
-                    "timeout {t} ms is not -1 or >= 0"
-                )))
-            }
+            t => return Err(Error::out_of_range(format!("timeout {t} ms is not -1 or >= 0"))),
         };
         let n = own_loop(l, "run_once")?.run_once(timeout)?;
         if !out_dispatched.is_null() {
@@ -94,11 +86,7 @@ pub extern "C" fn asock_loop_stop(l: asock_loop) -> asock_error {
 /// is passed through untouched. After `asock_loop_free` has drained the
 /// loop, posting returns `ASOCK_E_OBJECT_DISPOSED` and runs nothing.
 #[no_mangle]
-pub extern "C" fn asock_loop_post(
-    l: asock_loop,
-    f: asock_post_callback,
-    state: *mut c_void,
-) -> asock_error {
+pub extern "C" fn asock_loop_post(l: asock_loop, f: asock_post_callback, state: *mut c_void) -> asock_error {
     guard(|| {
         let f = f.ok_or_else(|| Error::null("fn"))?;
         let state = UserPtr(state);
@@ -131,11 +119,7 @@ pub extern "C" fn asock_loop_add_timer(
             Duration::from_millis(delay_ms as u64),
             Box::new(move |outcome| {
                 let state = state;
-                let status = if outcome == TimerOutcome::Fired {
-                    ASOCK_OK
-                } else {
-                    ASOCK_OPERATION_ABORTED
-                };
+                let status = if outcome == TimerOutcome::Fired { ASOCK_OK } else { ASOCK_OPERATION_ABORTED };
                 // SAFETY: as in asock_loop_post.
                 unsafe { cb(state.0, status) }
             }),
@@ -159,9 +143,7 @@ pub extern "C" fn asock_loop_cancel_timer(l: asock_loop, timer: u64) -> asock_er
         if handles::event_loop(l)?.cancel_timer(TimerId(timer)) {
             Ok(())
         } else {
-            Err(Error::invalid_operation(format!(
-                "timer {timer} has already fired or been cancelled"
-            )))
+            Err(Error::invalid_operation(format!("timer {timer} has already fired or been cancelled")))
         }
     })
 }

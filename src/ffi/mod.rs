@@ -34,10 +34,7 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<()>) -> asock_error {
         Ok(Ok(())) => ASOCK_OK,
         Ok(Err(e)) => fail(&e),
         Err(panic) => {
-            set_last_message(&format!(
-                "internal error (a bug in asock): {}",
-                panic_text(panic)
-            ));
+            set_last_message(&format!("internal error (a bug in asock): {}", panic_text(panic)));
             ASOCK_E_INTERNAL
         }
     }
@@ -49,10 +46,7 @@ pub(crate) fn guard_value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(panic) => {
-            set_last_message(&format!(
-                "internal error (a bug in asock): {}",
-                panic_text(panic)
-            ));
+            set_last_message(&format!("internal error (a bug in asock): {}", panic_text(panic)));
             fallback
         }
     }
@@ -60,7 +54,7 @@ pub(crate) fn guard_value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
 
 /// Records `e` as this thread's last failure and returns its code.
 pub(crate) fn fail(e: &Error) -> asock_error {
-    set_last_message(&e.to_string());
+    set_last_message(e.detail());
     e.code()
 }
 
@@ -84,9 +78,7 @@ pub(crate) fn c_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
     }
     // SAFETY: non-NULL C strings handed to asock are NUL-terminated and live
     // for the duration of the call.
-    unsafe { CStr::from_ptr(ptr) }
-        .to_str()
-        .map_err(|_| Error::argument(format!("{what} is not valid UTF-8")))
+    unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| Error::argument(format!("{what} is not valid UTF-8")))
 }
 
 /// Copies `text` into a caller buffer snprintf-style: at most `len - 1`

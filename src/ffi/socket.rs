@@ -5,8 +5,7 @@ use super::handles::{self, SOCKETS};
 use super::types::{asock_endpoint, asock_error, asock_loop, asock_socket};
 use super::{guard, out};
 use crate::error::{
-    Error, ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED, ASOCK_PROTOCOL_NOT_SUPPORTED,
-    ASOCK_SOCKET_NOT_SUPPORTED,
+    Error, ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED, ASOCK_PROTOCOL_NOT_SUPPORTED, ASOCK_SOCKET_NOT_SUPPORTED,
 };
 use crate::net::{AddressFamily, Protocol, ShutdownHow, Socket, SocketOption, SocketType};
 
@@ -119,9 +118,7 @@ pub extern "C" fn asock_socket_new(
         };
         let lp = handles::event_loop(l)?;
         let socket = Socket::new(&lp, family, kind, protocol)?;
-        *out_socket = asock_socket {
-            id: SOCKETS.insert(socket),
-        };
+        *out_socket = asock_socket { id: SOCKETS.insert(socket) };
         Ok(())
     })
 }
@@ -147,10 +144,7 @@ pub extern "C" fn asock_socket_listen(s: asock_socket, backlog: i32) -> asock_er
 
 /// The bound local endpoint. Not bound yet → `ASOCK_E_INVALID_OPERATION`.
 #[no_mangle]
-pub extern "C" fn asock_socket_local_endpoint(
-    s: asock_socket,
-    out_ep: *mut asock_endpoint,
-) -> asock_error {
+pub extern "C" fn asock_socket_local_endpoint(s: asock_socket, out_ep: *mut asock_endpoint) -> asock_error {
     guard(|| {
         let out_ep = out(out_ep, "out")?;
         *out_ep = endpoint::to_c(&handles::socket(s)?.local_endpoint()?);
@@ -160,10 +154,7 @@ pub extern "C" fn asock_socket_local_endpoint(
 
 /// The connected peer's endpoint. Not connected → `ASOCK_NOT_CONNECTED`.
 #[no_mangle]
-pub extern "C" fn asock_socket_remote_endpoint(
-    s: asock_socket,
-    out_ep: *mut asock_endpoint,
-) -> asock_error {
+pub extern "C" fn asock_socket_remote_endpoint(s: asock_socket, out_ep: *mut asock_endpoint) -> asock_error {
     guard(|| {
         let out_ep = out(out_ep, "out")?;
         *out_ep = endpoint::to_c(&handles::socket(s)?.remote_endpoint()?);
@@ -184,11 +175,7 @@ pub extern "C" fn asock_socket_set_option(s: asock_socket, opt: i32, value: i32)
 
 /// Reads an `ASOCK_OPT_*` option into `*out` (booleans as 0 or 1).
 #[no_mangle]
-pub extern "C" fn asock_socket_get_option(
-    s: asock_socket,
-    opt: i32,
-    out_value: *mut i32,
-) -> asock_error {
+pub extern "C" fn asock_socket_get_option(s: asock_socket, opt: i32, out_value: *mut i32) -> asock_error {
     guard(|| {
         let out_value = out(out_value, "out")?;
         let opt = option(opt)?;
@@ -206,11 +193,7 @@ pub extern "C" fn asock_socket_shutdown(s: asock_socket, how: i32) -> asock_erro
             ASOCK_SHUTDOWN_RECEIVE => ShutdownHow::Receive,
             ASOCK_SHUTDOWN_SEND => ShutdownHow::Send,
             ASOCK_SHUTDOWN_BOTH => ShutdownHow::Both,
-            h => {
-                return Err(Error::argument(format!(
-                    "{h} is not ASOCK_SHUTDOWN_RECEIVE, _SEND or _BOTH"
-                )))
-            }
+            h => return Err(Error::argument(format!("{h} is not ASOCK_SHUTDOWN_RECEIVE, _SEND or _BOTH"))),
         };
         handles::socket(s)?.shutdown(how)
     })

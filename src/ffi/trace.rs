@@ -26,16 +26,10 @@ fn c_text(s: &str) -> CString {
 /// possibly on several at once; SMTP secrets are masked before it sees them.
 /// Records emitted from inside `cb` itself are dropped.
 #[no_mangle]
-pub extern "C" fn asock_set_trace(
-    cb: asock_trace_callback,
-    level: i32,
-    userdata: *mut c_void,
-) -> asock_error {
+pub extern "C" fn asock_set_trace(cb: asock_trace_callback, level: i32, userdata: *mut c_void) -> asock_error {
     guard(|| {
         if !(LEVEL_OFF..=LEVEL_VERBOSE).contains(&level) {
-            return Err(Error::out_of_range(format!(
-                "trace level {level} is not 0..3"
-            )));
+            return Err(Error::out_of_range(format!("trace level {level} is not 0..3")));
         }
         let sink: Option<trace::Sink> = match cb {
             Some(cb) if level != LEVEL_OFF => {

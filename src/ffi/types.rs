@@ -42,8 +42,7 @@ pub type asock_post_callback = Option<unsafe extern "C" fn(state: *mut c_void)>;
 
 /// A timer's completion: `status` is `ASOCK_OK` when the delay passed, or
 /// `ASOCK_OPERATION_ABORTED` when the timer was cancelled or its loop freed.
-pub type asock_timer_callback =
-    Option<unsafe extern "C" fn(state: *mut c_void, status: asock_error)>;
+pub type asock_timer_callback = Option<unsafe extern "C" fn(state: *mut c_void, status: asock_error)>;
 
 /// A trace record. `category` is "loop", "socket" or "smtp"; `category` and
 /// `text` are valid only during the call. Called on whichever thread did the

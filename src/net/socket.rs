@@ -7,7 +7,7 @@
 use crate::error::{Error, Result, ASOCK_PROTOCOL_OPTION};
 use crate::runtime::{EventLoop, Source, SourceKey};
 use crate::trace;
-use crate::trace::{LEVEL_ERROR, LEVEL_INFO};
+use crate::trace::{LEVEL_ERROR, LEVEL_INFO, LEVEL_VERBOSE};
 use socket2::{Domain, Protocol as Proto2, SockAddr, Socket as Sock2, Type};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,14 +115,9 @@ impl Socket {
             Protocol::Tcp => Some(Proto2::TCP),
             Protocol::Udp => Some(Proto2::UDP),
         };
-        let sock = Sock2::new(domain, ty, proto).map_err(|e| {
-            Error::os(
-                &e,
-                &format!("create {family:?} {kind:?} {protocol:?} socket"),
-            )
-        })?;
-        sock.set_nonblocking(true)
-            .map_err(|e| Error::os(&e, "set non-blocking"))?;
+        let sock = Sock2::new(domain, ty, proto)
+            .map_err(|e| Error::os(&e, &format!("create {family:?} {kind:?} {protocol:?} socket")))?;
+        sock.set_nonblocking(true).map_err(|e| Error::os(&e, "set non-blocking"))?;
         let socket = Arc::new(Socket {
             number: NEXT_SOCKET_NUMBER.fetch_add(1, Ordering::Relaxed),
             event_loop: event_loop.clone(),
@@ -130,10 +125,7 @@ impl Socket {
             kind,
             protocol,
             key: OnceLock::new(),
-            state: Mutex::new(State {
-                sock: Some(sock),
-                accept_receive_timeout_ms: DEFAULT_ACCEPT_RECEIVE_TIMEOUT_MS,
-            }),
+            state: Mutex::new(State { sock: Some(sock), accept_receive_timeout_ms: DEFAULT_ACCEPT_RECEIVE_TIMEOUT_MS }),
         });
         let weak: std::sync::Weak<dyn Source> = Arc::downgrade(&socket) as _;
         let key = event_loop.attach(weak)?;
@@ -172,25 +164,25 @@ impl Socket {
         Error::disposed(format!("socket {} has been closed", self.number))
     }
 
-    /// Runs `f` on the open descriptor, tracing its outcome as `what`.
-    fn with_sock<T>(&self, what: &str, f: impl FnOnce(&Sock2, &mut i32) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the open descriptor and traces its outcome: success at
+    /// `level` (INFO for changes, VERBOSE for queries), failure at ERROR.
+    /// `what` is only called when a record is made, so tracing off costs no
+    /// formatting.
+    fn with_sock<T>(
+        &self,
+        level: i32,
+        what: impl FnOnce() -> String,
+        f: impl FnOnce(&Sock2, &mut i32) -> Result<T>,
+    ) -> Result<T> {
         let mut st = lock(&self.state);
-        let State {
-            sock,
-            accept_receive_timeout_ms,
-        } = &mut *st;
+        let State { sock, accept_receive_timeout_ms } = &mut *st;
         let Some(sock) = sock.as_ref() else {
             return Err(self.disposed());
         };
         let result = f(sock, accept_receive_timeout_ms);
         match &result {
-            Ok(_) => trace!(LEVEL_INFO, "socket", "socket {}: {what}", self.number),
-            Err(e) => trace!(
-                LEVEL_ERROR,
-                "socket",
-                "socket {}: {what} failed: {e}",
-                self.number
-            ),
+            Ok(_) => trace!(level, "socket", "socket {}: {}", self.number, what()),
+            Err(e) => trace!(LEVEL_ERROR, "socket", "socket {}: {} failed: {e}", self.number, what()),
         }
         result
     }
@@ -199,70 +191,77 @@ impl Socket {
         if AddressFamily::of(addr) != self.family {
             return Err(Error::new(
                 crate::error::ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED,
-                format!(
-                    "endpoint {addr} does not match the socket's address family ({:?})",
-                    self.family
-                ),
+                format!("endpoint {addr} does not match the socket's address family ({:?})", self.family),
             ));
         }
         Ok(())
     }
 
     pub fn bind(&self, addr: SocketAddr) -> Result<()> {
-        self.with_sock(&format!("bind {addr}"), |s, _| {
-            self.check_family(&addr)?;
-            s.bind(&SockAddr::from(addr))
-                .map_err(|e| Error::os(&e, &format!("bind {addr}")))
-        })
+        self.with_sock(
+            LEVEL_INFO,
+            || format!("bind {addr}"),
+            |s, _| {
+                self.check_family(&addr)?;
+                s.bind(&SockAddr::from(addr)).map_err(|e| Error::os(&e, &format!("bind {addr}")))
+            },
+        )
     }
 
     pub fn listen(&self, backlog: i32) -> Result<()> {
         if backlog < 0 {
-            return Err(Error::out_of_range(format!(
-                "backlog {backlog} is negative"
-            )));
+            return Err(Error::out_of_range(format!("backlog {backlog} is negative")));
         }
-        self.with_sock(&format!("listen (backlog {backlog})"), |s, _| {
-            s.listen(backlog).map_err(|e| Error::os(&e, "listen"))
-        })
+        self.with_sock(
+            LEVEL_INFO,
+            || format!("listen (backlog {backlog})"),
+            |s, _| s.listen(backlog).map_err(|e| Error::os(&e, "listen")),
+        )
     }
 
     /// Whether the socket is a listening stream socket.
     pub fn is_listening(&self) -> Result<bool> {
-        self.with_sock("query listening", |s, _| {
-            if self.kind != SocketType::Stream {
-                return Ok(false);
-            }
-            s.is_listener()
-                .map_err(|e| Error::os(&e, "query SO_ACCEPTCONN"))
-        })
+        self.with_sock(
+            LEVEL_VERBOSE,
+            || "query listening".into(),
+            |s, _| {
+                if self.kind != SocketType::Stream {
+                    return Ok(false);
+                }
+                s.is_listener().map_err(|e| Error::os(&e, "query SO_ACCEPTCONN"))
+            },
+        )
     }
 
     /// The bound address. An unbound socket has none (as .NET's null).
     pub fn local_endpoint(&self) -> Result<SocketAddr> {
-        self.with_sock("local endpoint", |s, _| {
-            let addr = s.local_addr().map_err(|e| Error::os(&e, "getsockname"))?;
-            match addr.as_socket() {
-                Some(a) if a.port() != 0 => Ok(a),
-                _ => Err(Error::invalid_operation("the socket is not bound")),
-            }
-        })
+        self.with_sock(
+            LEVEL_VERBOSE,
+            || "local endpoint".into(),
+            |s, _| {
+                let addr = s.local_addr().map_err(|e| Error::os(&e, "getsockname"))?;
+                match addr.as_socket() {
+                    Some(a) if a.port() != 0 => Ok(a),
+                    _ => Err(Error::invalid_operation("the socket is not bound")),
+                }
+            },
+        )
     }
 
     pub fn remote_endpoint(&self) -> Result<SocketAddr> {
-        self.with_sock("remote endpoint", |s, _| {
-            let addr = s.peer_addr().map_err(|e| Error::os(&e, "getpeername"))?;
-            addr.as_socket()
-                .ok_or_else(|| Error::invalid_operation("the peer address is not an IP endpoint"))
-        })
+        self.with_sock(
+            LEVEL_VERBOSE,
+            || "remote endpoint".into(),
+            |s, _| {
+                let addr = s.peer_addr().map_err(|e| Error::os(&e, "getpeername"))?;
+                addr.as_socket().ok_or_else(|| Error::invalid_operation("the peer address is not an IP endpoint"))
+            },
+        )
     }
 
     fn tcp_only(&self, option: SocketOption) -> Result<()> {
         if self.kind != SocketType::Stream {
-            return Err(Error::new(
-                ASOCK_PROTOCOL_OPTION,
-                format!("{option:?} applies to stream sockets only"),
-            ));
+            return Err(Error::new(ASOCK_PROTOCOL_OPTION, format!("{option:?} applies to stream sockets only")));
         }
         Ok(())
     }
@@ -271,56 +270,66 @@ impl Socket {
         use SocketOption::*;
         let on = value != 0;
         let os = |e: std::io::Error| Error::os(&e, &format!("set {option:?}"));
-        self.with_sock(&format!("set {option:?} = {value}"), |s, accept_timeout| match option {
-            NoDelay => {
-                self.tcp_only(option)?;
-                s.set_tcp_nodelay(on).map_err(os)
-            }
-            ReuseAddress => s.set_reuse_address(on).map_err(os),
-            ReusePort => s.set_reuse_port(on).map_err(os),
-            KeepAlive => s.set_keepalive(on).map_err(os),
-            LingerSeconds => {
-                let linger = match value {
-                    -1 => None,
-                    0..=65535 => Some(Duration::from_secs(value as u64)),
-                    _ => return Err(Error::out_of_range(format!("linger {value} is not -1 (off) or 0..65535 seconds"))),
-                };
-                s.set_linger(linger).map_err(os)
-            }
-            SendBufferSize | ReceiveBufferSize => {
-                if value < 0 {
-                    return Err(Error::out_of_range(format!("buffer size {value} is negative")));
+        self.with_sock(
+            LEVEL_INFO,
+            || format!("set {option:?} = {value}"),
+            |s, accept_timeout| match option {
+                NoDelay => {
+                    self.tcp_only(option)?;
+                    s.set_tcp_nodelay(on).map_err(os)
                 }
-                if option == SendBufferSize {
-                    s.set_send_buffer_size(value as usize).map_err(os)
-                } else {
-                    s.set_recv_buffer_size(value as usize).map_err(os)
+                ReuseAddress => s.set_reuse_address(on).map_err(os),
+                ReusePort => s.set_reuse_port(on).map_err(os),
+                KeepAlive => s.set_keepalive(on).map_err(os),
+                LingerSeconds => {
+                    let linger = match value {
+                        -1 => None,
+                        0..=65535 => Some(Duration::from_secs(value as u64)),
+                        _ => {
+                            return Err(Error::out_of_range(format!(
+                                "linger {value} is not -1 (off) or 0..65535 seconds"
+                            )))
+                        }
+                    };
+                    s.set_linger(linger).map_err(os)
                 }
-            }
-            Broadcast => s.set_broadcast(on).map_err(os),
-            Ipv6Only => {
-                if self.family != AddressFamily::Inet6 {
-                    return Err(Error::new(ASOCK_PROTOCOL_OPTION, "Ipv6Only applies to IPv6 sockets only"));
+                SendBufferSize | ReceiveBufferSize => {
+                    if value < 0 {
+                        return Err(Error::out_of_range(format!("buffer size {value} is negative")));
+                    }
+                    if option == SendBufferSize {
+                        s.set_send_buffer_size(value as usize).map_err(os)
+                    } else {
+                        s.set_recv_buffer_size(value as usize).map_err(os)
+                    }
                 }
-                s.set_only_v6(on).map_err(os)
-            }
-            Ttl => {
-                if !(1..=255).contains(&value) {
-                    return Err(Error::out_of_range(format!("TTL {value} is not in 1..255")));
+                Broadcast => s.set_broadcast(on).map_err(os),
+                Ipv6Only => {
+                    if self.family != AddressFamily::Inet6 {
+                        return Err(Error::new(ASOCK_PROTOCOL_OPTION, "Ipv6Only applies to IPv6 sockets only"));
+                    }
+                    s.set_only_v6(on).map_err(os)
                 }
-                match self.family {
-                    AddressFamily::Inet => s.set_ttl_v4(value as u32).map_err(os),
-                    AddressFamily::Inet6 => s.set_unicast_hops_v6(value as u32).map_err(os),
+                Ttl => {
+                    if !(1..=255).contains(&value) {
+                        return Err(Error::out_of_range(format!("TTL {value} is not in 1..255")));
+                    }
+                    match self.family {
+                        AddressFamily::Inet => s.set_ttl_v4(value as u32).map_err(os),
+                        AddressFamily::Inet6 => s.set_unicast_hops_v6(value as u32).map_err(os),
+                    }
                 }
-            }
-            AcceptReceiveTimeoutMs => {
-                if value == 0 || value < -1 {
-                    return Err(Error::out_of_range(format!("accept receive timeout {value} is not -1 (none) or a positive number of ms")));
+                AcceptReceiveTimeoutMs => {
+                    if value == 0 || value < -1 {
+                        return Err(Error::out_of_range(format!(
+                            "accept receive timeout {value} is not -1 (none) or a positive number of ms"
+                        )));
+                    }
+                    *accept_timeout = value;
+                    Ok(())
                 }
-                *accept_timeout = value;
-                Ok(())
-            }
-        })
+            },
+        )
     }
 
     pub fn get_option(&self, option: SocketOption) -> Result<i32> {
@@ -328,7 +337,8 @@ impl Socket {
         let os = |e: std::io::Error| Error::os(&e, &format!("get {option:?}"));
         let clamp = |n: usize| n.min(i32::MAX as usize) as i32;
         self.with_sock(
-            &format!("get {option:?}"),
+            LEVEL_VERBOSE,
+            || format!("get {option:?}"),
             |s, accept_timeout| match option {
                 NoDelay => {
                     self.tcp_only(option)?;
@@ -337,19 +347,13 @@ impl Socket {
                 ReuseAddress => s.reuse_address().map(i32::from).map_err(os),
                 ReusePort => s.reuse_port().map(i32::from).map_err(os),
                 KeepAlive => s.keepalive().map(i32::from).map_err(os),
-                LingerSeconds => s
-                    .linger()
-                    .map(|l| l.map_or(-1, |d| d.as_secs() as i32))
-                    .map_err(os),
+                LingerSeconds => s.linger().map(|l| l.map_or(-1, |d| d.as_secs() as i32)).map_err(os),
                 SendBufferSize => s.send_buffer_size().map(clamp).map_err(os),
                 ReceiveBufferSize => s.recv_buffer_size().map(clamp).map_err(os),
                 Broadcast => s.broadcast().map(i32::from).map_err(os),
                 Ipv6Only => {
                     if self.family != AddressFamily::Inet6 {
-                        return Err(Error::new(
-                            ASOCK_PROTOCOL_OPTION,
-                            "Ipv6Only applies to IPv6 sockets only",
-                        ));
+                        return Err(Error::new(ASOCK_PROTOCOL_OPTION, "Ipv6Only applies to IPv6 sockets only"));
                     }
                     s.only_v6().map(i32::from).map_err(os)
                 }
@@ -368,9 +372,11 @@ impl Socket {
             ShutdownHow::Send => Shutdown::Write,
             ShutdownHow::Both => Shutdown::Both,
         };
-        self.with_sock(&format!("shutdown {how:?}"), |s, _| {
-            s.shutdown(sh).map_err(|e| Error::os(&e, "shutdown"))
-        })
+        self.with_sock(
+            LEVEL_INFO,
+            || format!("shutdown {how:?}"),
+            |s, _| s.shutdown(sh).map_err(|e| Error::os(&e, "shutdown")),
+        )
     }
 
     /// Dispose: closes the descriptor. A second close is `ObjectDisposed`.
@@ -424,10 +430,7 @@ mod tests {
     fn bind_listen_endpoints() {
         let l = lp();
         let s = Socket::new(&l, AddressFamily::Inet, SocketType::Stream, Protocol::Tcp).unwrap();
-        assert_eq!(
-            s.local_endpoint().unwrap_err().code(),
-            ASOCK_E_INVALID_OPERATION
-        );
+        assert_eq!(s.local_endpoint().unwrap_err().code(), ASOCK_E_INVALID_OPERATION);
         s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let ep = s.local_endpoint().unwrap();
         assert_ne!(ep.port(), 0);
@@ -435,18 +438,9 @@ mod tests {
         s.listen(16).unwrap();
         assert!(s.is_listening().unwrap());
         assert_eq!(s.remote_endpoint().unwrap_err().code(), ASOCK_NOT_CONNECTED);
-        let t = Socket::new(
-            &l,
-            AddressFamily::Inet,
-            SocketType::Stream,
-            Protocol::Unspecified,
-        )
-        .unwrap();
+        let t = Socket::new(&l, AddressFamily::Inet, SocketType::Stream, Protocol::Unspecified).unwrap();
         assert_eq!(t.bind(ep).unwrap_err().code(), ASOCK_ADDRESS_ALREADY_IN_USE);
-        assert_eq!(
-            t.bind("[::1]:0".parse().unwrap()).unwrap_err().code(),
-            ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED
-        );
+        assert_eq!(t.bind("[::1]:0".parse().unwrap()).unwrap_err().code(), ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED);
         s.close().unwrap();
         assert_eq!(s.close().unwrap_err().code(), ASOCK_E_OBJECT_DISPOSED);
         assert_eq!(s.bind(ep).unwrap_err().code(), ASOCK_E_OBJECT_DISPOSED);
@@ -457,19 +451,11 @@ mod tests {
     #[test]
     fn bad_combinations_come_from_the_os() {
         let l = lp();
-        let e = Socket::new(&l, AddressFamily::Inet, SocketType::Stream, Protocol::Udp)
-            .err()
-            .unwrap();
+        let e = Socket::new(&l, AddressFamily::Inet, SocketType::Stream, Protocol::Udp).err().unwrap();
         assert_eq!(e.code(), ASOCK_PROTOCOL_NOT_SUPPORTED);
         let u = Socket::new(&l, AddressFamily::Inet6, SocketType::Dgram, Protocol::Udp).unwrap();
-        assert_eq!(
-            u.listen(1).unwrap_err().code(),
-            ASOCK_OPERATION_NOT_SUPPORTED
-        );
-        assert_eq!(
-            u.set_option(SocketOption::NoDelay, 1).unwrap_err().code(),
-            ASOCK_PROTOCOL_OPTION
-        );
+        assert_eq!(u.listen(1).unwrap_err().code(), ASOCK_OPERATION_NOT_SUPPORTED);
+        assert_eq!(u.set_option(SocketOption::NoDelay, 1).unwrap_err().code(), ASOCK_PROTOCOL_OPTION);
         l.close().unwrap();
     }
 
@@ -498,26 +484,13 @@ mod tests {
         assert!(s.get_option(SendBufferSize).unwrap() >= 65536);
         s.set_option(ReceiveBufferSize, 65536).unwrap();
         assert!(s.get_option(ReceiveBufferSize).unwrap() >= 65536);
-        for (opt, v) in [
-            (Ttl, 0),
-            (Ttl, 256),
-            (LingerSeconds, -2),
-            (SendBufferSize, -1),
-            (AcceptReceiveTimeoutMs, 0),
-        ] {
-            assert_eq!(
-                s.set_option(opt, v).unwrap_err().code(),
-                ASOCK_E_ARGUMENT_OUT_OF_RANGE,
-                "{opt:?}={v}"
-            );
+        for (opt, v) in [(Ttl, 0), (Ttl, 256), (LingerSeconds, -2), (SendBufferSize, -1), (AcceptReceiveTimeoutMs, 0)] {
+            assert_eq!(s.set_option(opt, v).unwrap_err().code(), ASOCK_E_ARGUMENT_OUT_OF_RANGE, "{opt:?}={v}");
         }
         let u = Socket::new(&l, AddressFamily::Inet, SocketType::Dgram, Protocol::Udp).unwrap();
         u.set_option(Broadcast, 1).unwrap();
         assert_eq!(u.get_option(Broadcast).unwrap(), 1);
-        assert_eq!(
-            u.set_option(Ipv6Only, 1).unwrap_err().code(),
-            ASOCK_PROTOCOL_OPTION
-        );
+        assert_eq!(u.set_option(Ipv6Only, 1).unwrap_err().code(), ASOCK_PROTOCOL_OPTION);
         l.close().unwrap();
     }
 }

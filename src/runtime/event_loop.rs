@@ -123,12 +123,7 @@ impl EventLoop {
         }
         if !self.wake_pending.swap(true, Ordering::SeqCst) {
             if let Err(e) = self.poller.notify() {
-                trace!(
-                    LEVEL_ERROR,
-                    "loop",
-                    "loop {}: notify failed: {e}",
-                    self.number
-                );
+                trace!(LEVEL_ERROR, "loop", "loop {}: notify failed: {e}", self.number);
             }
         }
     }
@@ -141,9 +136,8 @@ impl EventLoop {
         if self.is_closing() {
             return Err(self.disposed());
         }
-        let deadline = Instant::now()
-            .checked_add(delay)
-            .ok_or_else(|| Error::out_of_range("timer delay is too large"))?;
+        let deadline =
+            Instant::now().checked_add(delay).ok_or_else(|| Error::out_of_range("timer delay is too large"))?;
         let id = lock(&self.timers).add(deadline, cb);
         self.wake();
         Ok(id)
@@ -182,9 +176,7 @@ impl EventLoop {
         if !lock(&self.sources).set_fd(key, fd) {
             return Err(Error::disposed("the socket has been closed"));
         }
-        self.poller
-            .add(fd, key.as_poller_key())
-            .map_err(|e| Error::os(&e, "register with poller"))
+        self.poller.add(fd, key.as_poller_key()).map_err(|e| Error::os(&e, "register with poller"))
     }
 
     /// Removes a source. Call before its descriptor is closed.
@@ -214,8 +206,7 @@ impl EventLoop {
             }));
         }
         *claimed = true;
-        self.running_on
-            .store(thread_token::current(), Ordering::Release);
+        self.running_on.store(thread_token::current(), Ordering::Release);
         Ok(())
     }
 
@@ -262,10 +253,7 @@ impl EventLoop {
                 return Err(self.disposed());
             }
             if *claimed {
-                return Err(Error::invalid_operation(format!(
-                    "loop {} is already running",
-                    self.number
-                )));
+                return Err(Error::invalid_operation(format!("loop {} is already running", self.number)));
             }
             *claimed = true;
         }
@@ -276,16 +264,13 @@ impl EventLoop {
             let _ = old.join();
         }
         let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("asock-loop-{}", self.number))
-            .spawn(move || {
-                me.running_on
-                    .store(thread_token::current(), Ordering::Release);
-                if let Err(e) = me.run_claimed() {
-                    trace!(LEVEL_ERROR, "loop", "loop {} thread ended: {e}", me.number);
-                }
-                me.release();
-            });
+        let spawned = std::thread::Builder::new().name(format!("asock-loop-{}", self.number)).spawn(move || {
+            me.running_on.store(thread_token::current(), Ordering::Release);
+            if let Err(e) = me.run_claimed() {
+                trace!(LEVEL_ERROR, "loop", "loop {} thread ended: {e}", me.number);
+            }
+            me.release();
+        });
         match spawned {
             Ok(handle) => {
                 *slot = Some(handle);
@@ -314,9 +299,7 @@ impl EventLoop {
         if !lock(&self.tasks).queue.is_empty() || self.stop_requested.load(Ordering::Acquire) {
             return Some(Duration::ZERO);
         }
-        let timer = lock(&self.timers)
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
+        let timer = lock(&self.timers).next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
         match (user, timer) {
             (Some(u), Some(t)) => Some(u.min(t)),
             (u, t) => u.or(t),
@@ -328,19 +311,11 @@ impl EventLoop {
         let timeout = self.wait_timeout(user_timeout);
         {
             let mut events = lock(&self.events);
-            self.poller
-                .wait(&mut events, timeout)
-                .map_err(|e| Error::os(&e, "wait for events"))?;
+            self.poller.wait(&mut events, timeout).map_err(|e| Error::os(&e, "wait for events"))?;
             for ev in events.iter() {
                 let found = lock(&self.sources).get(ev.key as u64);
                 let Some((weak, fd)) = found else {
-                    trace!(
-                        LEVEL_VERBOSE,
-                        "loop",
-                        "loop {}: dropped stale event for key {:#x}",
-                        self.number,
-                        ev.key
-                    );
+                    trace!(LEVEL_VERBOSE, "loop", "loop {}: dropped stale event for key {:#x}", self.number, ev.key);
                     continue;
                 };
                 if let Some(source) = weak.upgrade() {
@@ -398,8 +373,7 @@ impl EventLoop {
                 claimed = self.idle.wait(claimed).unwrap_or_else(|p| p.into_inner());
             }
             *claimed = true;
-            self.running_on
-                .store(thread_token::current(), Ordering::Release);
+            self.running_on.store(thread_token::current(), Ordering::Release);
         }
         if let Some(handle) = lock(&self.thread).take() {
             let _ = handle.join();
@@ -470,19 +444,10 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         for (name, ms) in [("b", 20u64), ("a", 5)] {
             let tx = tx.clone();
-            l.add_timer(
-                Duration::from_millis(ms),
-                Box::new(move |o| tx.send((name, o)).unwrap()),
-            )
-            .unwrap();
+            l.add_timer(Duration::from_millis(ms), Box::new(move |o| tx.send((name, o)).unwrap())).unwrap();
         }
         let tx2 = tx.clone();
-        let c = l
-            .add_timer(
-                Duration::from_secs(3600),
-                Box::new(move |o| tx2.send(("c", o)).unwrap()),
-            )
-            .unwrap();
+        let c = l.add_timer(Duration::from_secs(3600), Box::new(move |o| tx2.send(("c", o)).unwrap())).unwrap();
         assert!(l.cancel_timer(c));
         assert!(!l.cancel_timer(c));
         let mut got = Vec::new();
@@ -491,14 +456,7 @@ mod tests {
             l.run_once(Some(Duration::from_millis(100))).unwrap();
             got.extend(rx.try_iter());
         }
-        assert_eq!(
-            got,
-            vec![
-                ("c", TimerOutcome::Cancelled),
-                ("a", TimerOutcome::Fired),
-                ("b", TimerOutcome::Fired)
-            ]
-        );
+        assert_eq!(got, vec![("c", TimerOutcome::Cancelled), ("a", TimerOutcome::Fired), ("b", TimerOutcome::Fired)]);
         l.close().unwrap();
     }
 
@@ -522,14 +480,8 @@ mod tests {
         .unwrap();
         l.close().unwrap();
         assert_eq!(count.load(Ordering::SeqCst), 11);
-        assert_eq!(
-            l.post(Box::new(|| {})).unwrap_err().code(),
-            ASOCK_E_OBJECT_DISPOSED
-        );
-        assert_eq!(
-            l.run_once(Some(Duration::ZERO)).unwrap_err().code(),
-            ASOCK_E_OBJECT_DISPOSED
-        );
+        assert_eq!(l.post(Box::new(|| {})).unwrap_err().code(), ASOCK_E_OBJECT_DISPOSED);
+        assert_eq!(l.run_once(Some(Duration::ZERO)).unwrap_err().code(), ASOCK_E_OBJECT_DISPOSED);
         assert_eq!(l.close().unwrap_err().code(), ASOCK_E_OBJECT_DISPOSED);
     }
 
@@ -537,18 +489,11 @@ mod tests {
     fn library_thread_runs_posts_and_stops() {
         let l = EventLoop::new().unwrap();
         l.start_thread().unwrap();
-        assert_eq!(
-            l.start_thread().unwrap_err().code(),
-            ASOCK_E_INVALID_OPERATION
-        );
-        assert_eq!(
-            l.run_once(Some(Duration::ZERO)).unwrap_err().code(),
-            ASOCK_E_INVALID_OPERATION
-        );
+        assert_eq!(l.start_thread().unwrap_err().code(), ASOCK_E_INVALID_OPERATION);
+        assert_eq!(l.run_once(Some(Duration::ZERO)).unwrap_err().code(), ASOCK_E_INVALID_OPERATION);
         let (tx, rx) = mpsc::channel();
         let l2 = l.clone();
-        l.post(Box::new(move || tx.send(l2.is_loop_thread()).unwrap()))
-            .unwrap();
+        l.post(Box::new(move || tx.send(l2.is_loop_thread()).unwrap())).unwrap();
         assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
         assert!(!l.is_loop_thread());
         l.close().unwrap();
@@ -560,18 +505,11 @@ mod tests {
         let l2 = l.clone();
         let (tx, rx) = mpsc::channel();
         l.post(Box::new(move || {
-            tx.send((
-                l2.run_once(Some(Duration::ZERO)).unwrap_err().code(),
-                l2.close().unwrap_err().code(),
-            ))
-            .unwrap();
+            tx.send((l2.run_once(Some(Duration::ZERO)).unwrap_err().code(), l2.close().unwrap_err().code())).unwrap();
         }))
         .unwrap();
         l.run_once(Some(Duration::from_secs(1))).unwrap();
-        assert_eq!(
-            rx.recv().unwrap(),
-            (ASOCK_E_INVALID_OPERATION, ASOCK_E_INVALID_OPERATION)
-        );
+        assert_eq!(rx.recv().unwrap(), (ASOCK_E_INVALID_OPERATION, ASOCK_E_INVALID_OPERATION));
         l.close().unwrap();
     }
 
@@ -594,30 +532,20 @@ mod tests {
     fn stale_key_never_reaches_new_owner_of_reused_fd() {
         use std::os::fd::AsRawFd;
         let l = EventLoop::new().unwrap();
-        let old: Arc<dyn Source> = Arc::new(Probe {
-            hits: AtomicUsize::new(0),
-            closed: AtomicUsize::new(0),
-        });
+        let old: Arc<dyn Source> = Arc::new(Probe { hits: AtomicUsize::new(0), closed: AtomicUsize::new(0) });
         let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let old_fd = a.as_raw_fd();
         let old_key = l.attach(Arc::downgrade(&old)).unwrap();
         l.watch(old_key, old_fd).unwrap();
         l.detach(old_key);
         drop(a);
-        let probe = Arc::new(Probe {
-            hits: AtomicUsize::new(0),
-            closed: AtomicUsize::new(0),
-        });
+        let probe = Arc::new(Probe { hits: AtomicUsize::new(0), closed: AtomicUsize::new(0) });
         let new: Arc<dyn Source> = probe.clone();
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         // The kernel usually hands out `old_fd` again; other tests running in
         // parallel may take it first, and the key check below does not care.
         let new_key = l.attach(Arc::downgrade(&new)).unwrap();
-        assert_eq!(
-            new_key.0 & 0xFFFF_FFFF,
-            old_key.0 & 0xFFFF_FFFF,
-            "same slot"
-        );
+        assert_eq!(new_key.0 & 0xFFFF_FFFF, old_key.0 & 0xFFFF_FFFF, "same slot");
         assert_ne!(new_key, old_key);
         // The stale key finds nothing; the live one finds the new source.
         assert!(lock(&l.sources).get(old_key.0).is_none());

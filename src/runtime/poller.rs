@@ -19,11 +19,7 @@ pub struct Poller {
 impl Poller {
     pub fn new() -> io::Result<Self> {
         let inner = Inner::new()?;
-        let mode = if inner.supports_edge() {
-            PollMode::Edge
-        } else {
-            PollMode::Oneshot
-        };
+        let mode = if inner.supports_edge() { PollMode::Edge } else { PollMode::Oneshot };
         Ok(Poller { inner, mode })
     }
 

@@ -48,11 +48,7 @@ impl Sources {
                 i
             }
             None => {
-                self.slots.push(Slot {
-                    generation: 1,
-                    source: Some(source),
-                    fd: None,
-                });
+                self.slots.push(Slot { generation: 1, source: Some(source), fd: None });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -62,9 +58,7 @@ impl Sources {
     fn slot_mut(&mut self, key: SourceKey) -> Option<&mut Slot> {
         let index = (key.0 & 0xFFFF_FFFF) as usize;
         let generation = (key.0 >> 32) as u32;
-        self.slots
-            .get_mut(index)
-            .filter(|s| s.generation == generation && s.source.is_some())
+        self.slots.get_mut(index).filter(|s| s.generation == generation && s.source.is_some())
     }
 
     pub fn get(&self, key: u64) -> Option<(Weak<dyn Source>, Option<RawFd>)> {
@@ -94,11 +88,7 @@ impl Sources {
         slot.source = None;
         // 31 bits of generation keep every key below polling's reserved
         // notification key (usize::MAX).
-        slot.generation = if slot.generation >= 0x7FFF_FFFF {
-            1
-        } else {
-            slot.generation + 1
-        };
+        slot.generation = if slot.generation >= 0x7FFF_FFFF { 1 } else { slot.generation + 1 };
         let fd = slot.fd.take();
         self.free.push(index);
         Some(fd)

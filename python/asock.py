@@ -1,0 +1,153 @@
+"""ctypes binding for asock, the .NET/Winsock asynchronous networking model
+for C. Thin by design: it mirrors include/asock.h so tests (and users) can
+drive the C ABI from Python exactly as a C program would.
+
+The library is found through $ASOCK_LIB (a path to libasock.so), else the
+CMake build tree, else the cargo target directory, else the system loader.
+"""
+
+import ctypes
+import os
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char, c_char_p,
+                    c_int32, c_size_t, c_uint8, c_uint16, c_uint32, c_uint64,
+                    c_void_p)
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _find_library():
+    env = os.environ.get("ASOCK_LIB")
+    if env:
+        return env
+    for candidate in (
+        _ROOT / "build" / "cargo" / "release" / "libasock.so",
+        _ROOT / "target" / "release" / "libasock.so",
+        _ROOT / "target" / "debug" / "libasock.so",
+    ):
+        if candidate.exists():
+            return str(candidate)
+    return "libasock.so.0"
+
+
+lib = ctypes.CDLL(_find_library())
+
+# --- constants (the header's #defines) ---------------------------------------
+OK = 0
+OPERATION_ABORTED = 995
+ADDRESS_ALREADY_IN_USE = 10048
+CONNECTION_RESET = 10054
+E_ARGUMENT_NULL = -1001
+E_ARGUMENT = -1002
+E_ARGUMENT_OUT_OF_RANGE = -1003
+E_INVALID_OPERATION = -1004
+E_OBJECT_DISPOSED = -1005
+E_FORMAT = -1007
+
+AF_INET = 2
+AF_INET6 = 23
+SOCK_STREAM = 1
+SOCK_DGRAM = 2
+PROTO_UNSPECIFIED = 0
+PROTO_TCP = 6
+PROTO_UDP = 17
+OPT_NO_DELAY = 1
+OPT_TTL = 10
+TRACE_OFF = 0
+TRACE_INFO = 2
+
+
+# --- types -------------------------------------------------------------------
+class Handle(Structure):
+    """Every handle kind has this shape: one uint64_t id."""
+    _fields_ = [("id", c_uint64)]
+
+
+class Loop(Handle):
+    pass
+
+
+class Socket(Handle):
+    pass
+
+
+DEFAULT_LOOP = Loop(0)
+
+
+class Endpoint(Structure):
+    _fields_ = [("family", c_int32), ("port", c_uint16), ("addr", c_uint8 * 16),
+                ("flowinfo", c_uint32), ("scope_id", c_uint32)]
+
+
+POST_CB = CFUNCTYPE(None, c_void_p)
+TIMER_CB = CFUNCTYPE(None, c_void_p, c_int32)
+TRACE_CB = CFUNCTYPE(None, c_int32, c_char_p, c_char_p, c_void_p)
+
+
+def _fn(name, restype, *argtypes):
+    f = getattr(lib, name)
+    f.restype = restype
+    f.argtypes = list(argtypes)
+    return f
+
+
+asock_version = _fn("asock_version", c_char_p)
+asock_error_name = _fn("asock_error_name", c_char_p, c_int32)
+asock_error_message = _fn("asock_error_message", c_size_t, POINTER(c_char), c_size_t)
+asock_error_from_errno = _fn("asock_error_from_errno", c_int32, c_int32)
+asock_loop_new = _fn("asock_loop_new", c_int32, POINTER(Loop))
+asock_loop_run_once = _fn("asock_loop_run_once", c_int32, Loop, c_int32, POINTER(c_uint32))
+asock_loop_start_thread = _fn("asock_loop_start_thread", c_int32, Loop)
+asock_loop_stop = _fn("asock_loop_stop", c_int32, Loop)
+asock_loop_post = _fn("asock_loop_post", c_int32, Loop, POST_CB, c_void_p)
+asock_loop_add_timer = _fn("asock_loop_add_timer", c_int32, Loop, c_uint32, TIMER_CB, c_void_p, POINTER(c_uint64))
+asock_loop_cancel_timer = _fn("asock_loop_cancel_timer", c_int32, Loop, c_uint64)
+asock_loop_free = _fn("asock_loop_free", c_int32, Loop)
+asock_endpoint_parse = _fn("asock_endpoint_parse", c_int32, c_char_p, POINTER(Endpoint))
+asock_endpoint_format = _fn("asock_endpoint_format", c_size_t, POINTER(Endpoint), POINTER(c_char), c_size_t)
+asock_socket_new = _fn("asock_socket_new", c_int32, Loop, c_int32, c_int32, c_int32, POINTER(Socket))
+asock_socket_bind = _fn("asock_socket_bind", c_int32, Socket, POINTER(Endpoint))
+asock_socket_listen = _fn("asock_socket_listen", c_int32, Socket, c_int32)
+asock_socket_local_endpoint = _fn("asock_socket_local_endpoint", c_int32, Socket, POINTER(Endpoint))
+asock_socket_set_option = _fn("asock_socket_set_option", c_int32, Socket, c_int32, c_int32)
+asock_socket_get_option = _fn("asock_socket_get_option", c_int32, Socket, c_int32, POINTER(c_int32))
+asock_socket_close = _fn("asock_socket_close", c_int32, Socket)
+asock_set_trace = _fn("asock_set_trace", c_int32, TRACE_CB, c_int32, c_void_p)
+
+
+# --- Pythonic helpers ----------------------------------------------------------
+class AsockError(Exception):
+    def __init__(self, code, call):
+        self.code = code
+        self.name = error_name(code)
+        self.detail = last_message()
+        super().__init__(f"{call}: {self.name} ({code}): {self.detail}")
+
+
+def error_name(code):
+    return asock_error_name(code).decode()
+
+
+def last_message():
+    n = asock_error_message(None, 0)
+    buf = ctypes.create_string_buffer(n + 1)
+    asock_error_message(buf, n + 1)
+    return buf.value.decode()
+
+
+def check(code, call="asock call"):
+    if code != OK:
+        raise AsockError(code, call)
+
+
+def parse_endpoint(text):
+    ep = Endpoint()
+    check(asock_endpoint_parse(text.encode(), ctypes.byref(ep)), f"parse {text!r}")
+    return ep
+
+
+def format_endpoint(ep):
+    n = asock_endpoint_format(ctypes.byref(ep), None, 0)
+    buf = ctypes.create_string_buffer(n + 1)
+    asock_endpoint_format(ctypes.byref(ep), buf, n + 1)
+    return buf.value.decode()
