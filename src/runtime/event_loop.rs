@@ -164,10 +164,14 @@ impl EventLoop {
     /// Makes `source` belong to this loop (it is closed when the loop is
     /// freed). Registration with the poller is separate: see `watch`.
     pub fn attach(&self, source: Weak<dyn Source>) -> Result<SourceKey> {
+        // Checked under the sources lock: `close` sets `closing` before it
+        // takes this lock to list the sources, so a source either sees
+        // `closing` here or is in that list.
+        let mut sources = lock(&self.sources);
         if self.is_closing() {
             return Err(self.disposed());
         }
-        Ok(lock(&self.sources).insert(source))
+        Ok(sources.insert(source))
     }
 
     /// Registers `fd` with the poller for both directions, once, for the
