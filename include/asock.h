@@ -143,6 +143,26 @@
 #define ASOCK_E_SMTP_PROTOCOL -1108
 
 /*
+ .NET SocketFlags.None.
+ */
+#define ASOCK_SOCKET_FLAG_NONE 0
+
+/*
+ .NET SocketFlags.OutOfBand (MSG_OOB).
+ */
+#define ASOCK_SOCKET_FLAG_OUT_OF_BAND 1
+
+/*
+ .NET SocketFlags.Peek (MSG_PEEK): receive without removing the data.
+ */
+#define ASOCK_SOCKET_FLAG_PEEK 2
+
+/*
+ .NET SocketFlags.DontRoute (MSG_DONTROUTE).
+ */
+#define ASOCK_SOCKET_FLAG_DONT_ROUTE 4
+
+/*
  .NET AddressFamily.InterNetwork.
  */
 #define ASOCK_AF_INET 2
@@ -259,10 +279,28 @@
 #define ASOCK_TRACE_VERBOSE 3
 
 /*
+ .NET SocketFlags values asock accepts, as `MSG_*` flags.
+ */
+#define SOCKET_FLAG_OUT_OF_BAND 1
+
+#define SOCKET_FLAG_PEEK 2
+
+#define SOCKET_FLAG_DONT_ROUTE 4
+
+/*
  A code of the asock error space: `ASOCK_OK` (0), a .NET SocketError
  value, or a negative library code (`ASOCK_E_*`).
  */
 typedef int32_t asock_error;
+
+/*
+ A socket. Passed by value; `{0}` is "none". Valid until
+ `asock_socket_close`; afterwards every call with it returns
+ `ASOCK_E_OBJECT_DISPOSED`.
+ */
+typedef struct asock_socket {
+    uint64_t id;
+} asock_socket;
 
 /*
  An IPv4 or IPv6 endpoint. `family` is `ASOCK_AF_INET` (2) or
@@ -277,6 +315,23 @@ typedef struct asock_endpoint {
     uint32_t flowinfo;
     uint32_t scope_id;
 } asock_endpoint;
+
+/*
+ One started Begin* operation (.NET's IAsyncResult). Passed by value.
+ Valid from Begin until the matching End*, which frees it; afterwards a
+ second End gives `ASOCK_E_INVALID_OPERATION`.
+ */
+typedef struct asock_async_result {
+    uint64_t id;
+} asock_async_result;
+
+/*
+ The completion callback of a Begin* call: runs exactly once, on the
+ thread running the socket's loop, after Begin has returned, with the
+ operation's result handle and the `state` given to Begin. It may call
+ End* (which then does not block) and start further operations.
+ */
+typedef void (*asock_async_callback)(struct asock_async_result ar, void *state);
 
 /*
  An event loop. Passed by value; `{0}` is the default loop.
@@ -298,15 +353,6 @@ typedef void (*asock_post_callback)(void *state);
 typedef void (*asock_timer_callback)(void *state, asock_error status);
 
 /*
- A socket. Passed by value; `{0}` is "none". Valid until
- `asock_socket_close`; afterwards every call with it returns
- `ASOCK_E_OBJECT_DISPOSED`.
- */
-typedef struct asock_socket {
-    uint64_t id;
-} asock_socket;
-
-/*
  A trace record. `category` is "loop", "socket" or "smtp"; `category` and
  `text` are valid only during the call. Called on whichever thread did the
  traced work, possibly several at once: the function must be thread-safe.
@@ -316,6 +362,139 @@ typedef void (*asock_trace_callback)(int32_t level, const char *category, const 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/*
+ Begins connecting to `ep` (.NET BeginConnect). The endpoint's family must
+ be the socket's (else `ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED`); a listening
+ socket → `ASOCK_E_INVALID_OPERATION`. A refused connect completes with
+ `ASOCK_CONNECTION_REFUSED` at End. `cb` may be NULL (then End or
+ `asock_async_result_wait` observe completion). `*out` receives the result
+ handle, to be passed to `asock_end_connect` exactly once.
+ */
+asock_error asock_begin_connect(struct asock_socket s, const struct asock_endpoint *ep, asock_async_callback cb, void *state, struct asock_async_result *out_ar);
+
+/*
+ Begins connecting to `host` (a name or an address literal) on `port`
+ (1..65535, else `ASOCK_E_ARGUMENT_OUT_OF_RANGE`). The name is resolved on
+ a resolver thread, never on the loop, to addresses of the socket's
+ family, tried in order. A name that does not resolve completes with
+ `ASOCK_HOST_NOT_FOUND`, `ASOCK_TRY_AGAIN`, `ASOCK_NO_RECOVERY` or
+ `ASOCK_NO_DATA` at End. `host` is copied.
+ */
+asock_error asock_begin_connect_host(struct asock_socket s, const char *host, uint16_t port, asock_async_callback cb, void *state, struct asock_async_result *out_ar);
+
+/*
+ Ends a connect: `ASOCK_OK`, or the socket error that stopped it. The
+ result checks of `asock_end_send` apply.
+ */
+asock_error asock_end_connect(struct asock_async_result ar);
+
+/*
+ Begins accepting a connection on a listening socket (not listening →
+ `ASOCK_E_INVALID_OPERATION`). The accepted socket belongs to the
+ listener's loop.
+ */
+asock_error asock_begin_accept(struct asock_socket listener, asock_async_callback cb, void *state, struct asock_async_result *out_ar);
+
+/*
+ Ends an accept: `*out_accepted` receives the new connection's socket
+ (yours to close). `out_accepted` NULL → `ASOCK_E_ARGUMENT_NULL` (and the
+ result stays pending for a corrected call).
+ */
+asock_error asock_end_accept(struct asock_async_result ar, struct asock_socket *out_accepted);
+
+/*
+ Begins sending `len` bytes of `buf` (.NET BeginSend). `flags` is a
+ combination of `ASOCK_SOCKET_FLAG_*` (other bits → `ASOCK_E_ARGUMENT`).
+ `buf` stays the caller's and must stay valid and unchanged until the
+ operation completes (the callback ran or End returned). On a stream
+ socket the send completes when all `len` bytes are gone, or an error
+ stops it; on a datagram socket when the datagram is sent. `len` above
+ INT32_MAX → `ASOCK_E_ARGUMENT_OUT_OF_RANGE`.
+ */
+asock_error asock_begin_send(struct asock_socket s, const uint8_t *buf, size_t len, int32_t flags, asock_async_callback cb, void *state, struct asock_async_result *out_ar);
+
+/*
+ Ends a send (seed 000's EndSend(IAsyncResult, out SocketError)): returns
+ the bytes sent and sets `*error_code` to `ASOCK_OK`; or returns -1 with
+ `*error_code` set: `ASOCK_E_ARGUMENT_NULL` for the none result,
+ `ASOCK_E_ARGUMENT` for a result of another Begin kind (the result stays
+ valid), `ASOCK_E_INVALID_OPERATION` when End was already called (or
+ when called before completion on the socket's loop thread),
+ `ASOCK_E_OBJECT_DISPOSED` when the socket was closed, or the socket
+ error. If an error stopped a stream send after some bytes went, returns
+ that count with the error in `*error_code`. Called before completion, it
+ blocks until done. Frees the result. `error_code` may be NULL.
+ */
+int32_t asock_end_send(struct asock_async_result ar, asock_error *error_code);
+
+/*
+ Begins receiving up to `len` bytes into `buf` (.NET BeginReceive). It
+ completes with the bytes available (0: the peer shut down its side). A
+ zero-length receive on a stream socket completes when data is available,
+ taking none. A datagram larger than `len` completes with
+ `ASOCK_MESSAGE_SIZE`, the buffer holding its first `len` bytes. `buf`
+ must stay valid until completion and is written only by asock until then.
+ */
+asock_error asock_begin_receive(struct asock_socket s, uint8_t *buf, size_t len, int32_t flags, asock_async_callback cb, void *state, struct asock_async_result *out_ar);
+
+/*
+ Ends a receive: the byte count, or -1 with `*error_code` set (the checks
+ of `asock_end_send`). `error_code` may be NULL.
+ */
+int32_t asock_end_receive(struct asock_async_result ar, asock_error *error_code);
+
+/*
+ Begins sending one datagram (or stream data) to `to` (.NET BeginSendTo);
+ `to` is copied. Buffer rules as `asock_begin_send`.
+ */
+asock_error asock_begin_send_to(struct asock_socket s, const uint8_t *buf, size_t len, int32_t flags, const struct asock_endpoint *to, asock_async_callback cb, void *state, struct asock_async_result *out_ar);
+
+/*
+ Ends a send-to: as `asock_end_send`.
+ */
+int32_t asock_end_send_to(struct asock_async_result ar, asock_error *error_code);
+
+/*
+ Begins receiving one datagram and its sender (.NET BeginReceiveFrom).
+ Buffer rules as `asock_begin_receive`.
+ */
+asock_error asock_begin_receive_from(struct asock_socket s, uint8_t *buf, size_t len, int32_t flags, asock_async_callback cb, void *state, struct asock_async_result *out_ar);
+
+/*
+ Ends a receive-from: the byte count with the sender in `*out_from`, or -1
+ with `*error_code` set (the checks of `asock_end_send`; `out_from` NULL →
+ `ASOCK_E_ARGUMENT_NULL`, the result stays pending). `error_code` may be
+ NULL.
+ */
+int32_t asock_end_receive_from(struct asock_async_result ar, struct asock_endpoint *out_from, asock_error *error_code);
+
+/*
+ Whether the operation has completed (.NET IsCompleted). False, with the
+ reason in `asock_error_message`, for an invalid or ended result.
+ */
+bool asock_async_result_is_completed(struct asock_async_result ar);
+
+/*
+ Whether the operation finished inside its Begin call (.NET
+ CompletedSynchronously); its callback still runs later on the loop
+ thread. False for an invalid or ended result.
+ */
+bool asock_async_result_completed_synchronously(struct asock_async_result ar);
+
+/*
+ The `state` given to Begin (.NET AsyncState); NULL for an invalid or
+ ended result.
+ */
+void *asock_async_result_state(struct asock_async_result ar);
+
+/*
+ Waits up to `timeout_ms` (-1: without limit) for the operation to
+ complete (.NET AsyncWaitHandle.WaitOne); `*out_completed` says whether it
+ did. On the socket's loop thread, waiting for an uncompleted operation →
+ `ASOCK_E_INVALID_OPERATION`. Does not end the operation.
+ */
+asock_error asock_async_result_wait(struct asock_async_result ar, int32_t timeout_ms, bool *out_completed);
 
 /*
  Parses "127.0.0.1:25", "[::1]:25" or "[fe80::1%2]:25" (IPv6 in brackets,

@@ -79,7 +79,12 @@ class Endpoint(Structure):
                 ("flowinfo", c_uint32), ("scope_id", c_uint32)]
 
 
+class AsyncResult(Handle):
+    pass
+
+
 POST_CB = CFUNCTYPE(None, c_void_p)
+ASYNC_CB = CFUNCTYPE(None, AsyncResult, c_void_p)
 TIMER_CB = CFUNCTYPE(None, c_void_p, c_int32)
 TRACE_CB = CFUNCTYPE(None, c_int32, c_char_p, c_char_p, c_void_p)
 
@@ -113,6 +118,26 @@ asock_socket_set_option = _fn("asock_socket_set_option", c_int32, Socket, c_int3
 asock_socket_get_option = _fn("asock_socket_get_option", c_int32, Socket, c_int32, POINTER(c_int32))
 asock_socket_close = _fn("asock_socket_close", c_int32, Socket)
 asock_set_trace = _fn("asock_set_trace", c_int32, TRACE_CB, c_int32, c_void_p)
+
+# Begin/End (section 5)
+_P = POINTER
+asock_begin_connect = _fn("asock_begin_connect", c_int32, Socket, _P(Endpoint), ASYNC_CB, c_void_p, _P(AsyncResult))
+asock_begin_connect_host = _fn("asock_begin_connect_host", c_int32, Socket, c_char_p, c_uint16, ASYNC_CB, c_void_p,
+                               _P(AsyncResult))
+asock_end_connect = _fn("asock_end_connect", c_int32, AsyncResult)
+asock_begin_accept = _fn("asock_begin_accept", c_int32, Socket, ASYNC_CB, c_void_p, _P(AsyncResult))
+asock_end_accept = _fn("asock_end_accept", c_int32, AsyncResult, _P(Socket))
+asock_begin_send = _fn("asock_begin_send", c_int32, Socket, c_void_p, c_size_t, c_int32, ASYNC_CB, c_void_p,
+                       _P(AsyncResult))
+asock_end_send = _fn("asock_end_send", c_int32, AsyncResult, _P(c_int32))
+asock_begin_receive = _fn("asock_begin_receive", c_int32, Socket, c_void_p, c_size_t, c_int32, ASYNC_CB, c_void_p,
+                          _P(AsyncResult))
+asock_end_receive = _fn("asock_end_receive", c_int32, AsyncResult, _P(c_int32))
+asock_async_result_is_completed = _fn("asock_async_result_is_completed", c_bool, AsyncResult)
+asock_async_result_completed_synchronously = _fn("asock_async_result_completed_synchronously", c_bool, AsyncResult)
+asock_async_result_state = _fn("asock_async_result_state", c_void_p, AsyncResult)
+asock_async_result_wait = _fn("asock_async_result_wait", c_int32, AsyncResult, c_int32, _P(c_bool))
+asock_socket_shutdown = _fn("asock_socket_shutdown", c_int32, Socket, c_int32)
 
 
 # --- Pythonic helpers ----------------------------------------------------------

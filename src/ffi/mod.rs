@@ -7,6 +7,7 @@
 
 #![allow(non_camel_case_types)]
 
+pub mod apm;
 pub mod endpoint;
 pub mod error;
 pub mod event_loop;

@@ -55,3 +55,18 @@ pub type asock_trace_callback = Option<
         userdata: *mut c_void,
     ),
 >;
+
+/// One started Begin* operation (.NET's IAsyncResult). Passed by value.
+/// Valid from Begin until the matching End*, which frees it; afterwards a
+/// second End gives `ASOCK_E_INVALID_OPERATION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct asock_async_result {
+    pub id: u64,
+}
+
+/// The completion callback of a Begin* call: runs exactly once, on the
+/// thread running the socket's loop, after Begin has returned, with the
+/// operation's result handle and the `state` given to Begin. It may call
+/// End* (which then does not block) and start further operations.
+pub type asock_async_callback = Option<unsafe extern "C" fn(ar: asock_async_result, state: *mut c_void)>;

@@ -4,12 +4,14 @@
 //! `close` takes it to drop the descriptor, so no call can ever act on a
 //! number the kernel has already handed to someone else.
 
+use super::io::{self, Direction, OpKind, Outcome, Request, Sink, Step, UserBuf};
 use crate::error::{Error, Result, ASOCK_PROTOCOL_OPTION};
 use crate::runtime::{EventLoop, Source, SourceKey};
 use crate::trace;
 use crate::trace::{LEVEL_ERROR, LEVEL_INFO, LEVEL_VERBOSE};
 use socket2::{Domain, Protocol as Proto2, SockAddr, Socket as Sock2, Type};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -68,6 +70,35 @@ struct State {
     /// None once closed.
     sock: Option<Sock2>,
     accept_receive_timeout_ms: i32,
+    /// `listen` succeeded (kept here so Begin accept needs no getsockopt).
+    listening: bool,
+    io: Io,
+}
+
+/// The operation queues and what is known of readiness. Each direction's
+/// queue completes in the order operations were started.
+struct Io {
+    inbound: std::collections::VecDeque<Request>,
+    outbound: std::collections::VecDeque<Request>,
+    /// False once a call in that direction saw would-block (or a short
+    /// read/write); set again by the next edge. While false, a new operation
+    /// joins the queue without a doomed system call.
+    read_ready: bool,
+    write_ready: bool,
+    /// Registered with the poller (done once, at the first would-block).
+    registered: bool,
+}
+
+impl Io {
+    fn new() -> Self {
+        Io {
+            inbound: Default::default(),
+            outbound: Default::default(),
+            read_ready: true,
+            write_ready: true,
+            registered: false,
+        }
+    }
 }
 
 pub struct Socket {
@@ -125,7 +156,12 @@ impl Socket {
             kind,
             protocol,
             key: OnceLock::new(),
-            state: Mutex::new(State { sock: Some(sock), accept_receive_timeout_ms: DEFAULT_ACCEPT_RECEIVE_TIMEOUT_MS }),
+            state: Mutex::new(State {
+                sock: Some(sock),
+                accept_receive_timeout_ms: DEFAULT_ACCEPT_RECEIVE_TIMEOUT_MS,
+                listening: false,
+                io: Io::new(),
+            }),
         });
         let weak: std::sync::Weak<dyn Source> = Arc::downgrade(&socket) as _;
         let key = event_loop.attach(weak)?;
@@ -175,7 +211,7 @@ impl Socket {
         f: impl FnOnce(&Sock2, &mut i32) -> Result<T>,
     ) -> Result<T> {
         let mut st = lock(&self.state);
-        let State { sock, accept_receive_timeout_ms } = &mut *st;
+        let State { sock, accept_receive_timeout_ms, .. } = &mut *st;
         let Some(sock) = sock.as_ref() else {
             return Err(self.disposed());
         };
@@ -216,21 +252,18 @@ impl Socket {
             LEVEL_INFO,
             || format!("listen (backlog {backlog})"),
             |s, _| s.listen(backlog).map_err(|e| Error::os(&e, "listen")),
-        )
+        )?;
+        lock(&self.state).listening = true;
+        Ok(())
     }
 
-    /// Whether the socket is a listening stream socket.
+    /// Whether `listen` has succeeded on this socket.
     pub fn is_listening(&self) -> Result<bool> {
-        self.with_sock(
-            LEVEL_VERBOSE,
-            || "query listening".into(),
-            |s, _| {
-                if self.kind != SocketType::Stream {
-                    return Ok(false);
-                }
-                s.is_listener().map_err(|e| Error::os(&e, "query SO_ACCEPTCONN"))
-            },
-        )
+        let st = lock(&self.state);
+        if st.sock.is_none() {
+            return Err(self.disposed());
+        }
+        Ok(st.listening)
     }
 
     /// The bound address. An unbound socket has none (as .NET's null).
@@ -379,10 +412,11 @@ impl Socket {
         )
     }
 
-    /// Dispose: closes the descriptor. A second close is `ObjectDisposed`.
+    /// Dispose: closes the descriptor and completes every queued operation
+    /// with `OperationAborted`. A second close is `ObjectDisposed`.
     pub fn close(&self) -> Result<()> {
-        let sock = lock(&self.state).sock.take();
-        let Some(sock) = sock else {
+        let mut st = lock(&self.state);
+        let Some(sock) = st.sock.take() else {
             return Err(self.disposed());
         };
         if let Some(key) = self.key.get() {
@@ -390,15 +424,247 @@ impl Socket {
             self.event_loop.detach(*key);
         }
         drop(sock);
-        trace!(LEVEL_INFO, "socket", "socket {} closed", self.number);
+        // Completed under the lock, like every other completion, so the
+        // callbacks of this socket stay in order.
+        let io = &mut st.io;
+        let aborted = io.inbound.len() + io.outbound.len();
+        for req in io.inbound.drain(..).chain(io.outbound.drain(..)) {
+            req.sink.complete(Outcome::aborted(), false, &self.event_loop);
+        }
+        drop(st);
+        trace!(LEVEL_INFO, "socket", "socket {} closed ({aborted} pending operations aborted)", self.number);
         Ok(())
+    }
+
+    pub(crate) fn is_stream(&self) -> bool {
+        self.kind == SocketType::Stream
+    }
+
+    /// Wraps a connection accepted on this listener: same loop, family,
+    /// type and protocol. The descriptor is already non-blocking.
+    pub(crate) fn adopt_accepted(&self, sock: Sock2) -> Result<Arc<Socket>> {
+        Socket::adopt(&self.event_loop, sock, self.family, self.kind, self.protocol)
+    }
+
+    fn adopt(
+        event_loop: &Arc<EventLoop>,
+        sock: Sock2,
+        family: AddressFamily,
+        kind: SocketType,
+        protocol: Protocol,
+    ) -> Result<Arc<Socket>> {
+        let socket = Arc::new(Socket {
+            number: NEXT_SOCKET_NUMBER.fetch_add(1, Ordering::Relaxed),
+            event_loop: event_loop.clone(),
+            family,
+            kind,
+            protocol,
+            key: OnceLock::new(),
+            state: Mutex::new(State {
+                sock: Some(sock),
+                accept_receive_timeout_ms: DEFAULT_ACCEPT_RECEIVE_TIMEOUT_MS,
+                listening: false,
+                io: Io::new(),
+            }),
+        });
+        let weak: std::sync::Weak<dyn Source> = Arc::downgrade(&socket) as _;
+        let key = event_loop.attach(weak)?;
+        let _ = socket.key.set(key);
+        Ok(socket)
+    }
+
+    /// Starts an operation: tries it at once when nothing is queued ahead of
+    /// it in its direction and that direction is not known to be blocked,
+    /// else (or on would-block) queues it for readiness. The completion goes
+    /// to the request's sink, never to the caller of `submit`.
+    pub(crate) fn submit(&self, mut req: Request) -> Result<()> {
+        let mut st = lock(&self.state);
+        let State { sock, io, .. } = &mut *st;
+        let Some(sock) = sock.as_ref() else {
+            return Err(self.disposed());
+        };
+        trace!(LEVEL_VERBOSE, "socket", "socket {}: begin {:?} ({} bytes)", self.number, req.kind, req.buf.len);
+        let direction = req.kind.direction();
+        let (queue, ready) = match direction {
+            Direction::In => (&mut io.inbound, &mut io.read_ready),
+            Direction::Out => (&mut io.outbound, &mut io.write_ready),
+        };
+        if queue.is_empty() && *ready && !req.resolving {
+            match io::attempt(sock, self, &mut req) {
+                Step::Done(outcome) => {
+                    self.trace_completion(req.kind, &outcome, true);
+                    req.sink.complete(outcome, true, &self.event_loop);
+                    return Ok(());
+                }
+                Step::Partial | Step::WouldBlock => *ready = false,
+            }
+        }
+        queue.push_back(req);
+        if !io.registered {
+            io.registered = true;
+            let key = *self.key.get().expect("a socket is attached when created");
+            if let Err(e) = self.event_loop.watch(key, sock.as_raw_fd()) {
+                // Without readiness the operation could never finish: fail
+                // it now, through its sink, rather than strand it.
+                io.registered = false;
+                let queue = match direction {
+                    Direction::In => &mut io.inbound,
+                    Direction::Out => &mut io.outbound,
+                };
+                if let Some(req) = queue.pop_back() {
+                    req.sink.complete(Outcome::failed(e.code(), 0), true, &self.event_loop);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Begins a send (`to`: a send-to destination).
+    pub fn start_send(&self, buf: UserBuf, flags: i32, to: Option<SocketAddr>, sink: Arc<dyn Sink>) -> Result<()> {
+        if let Some(to) = &to {
+            self.check_family(to)?;
+        }
+        let kind = if to.is_some() { OpKind::SendTo } else { OpKind::Send };
+        self.submit(Request::new(kind, buf, flags, to.map(SockAddr::from), sink))
+    }
+
+    /// Begins a receive (`with_sender`: a receive-from).
+    pub fn start_receive(&self, buf: UserBuf, flags: i32, with_sender: bool, sink: Arc<dyn Sink>) -> Result<()> {
+        let kind = if with_sender { OpKind::ReceiveFrom } else { OpKind::Receive };
+        self.submit(Request::new(kind, buf, flags, None, sink))
+    }
+
+    /// Begins an accept. The socket must be a listening stream socket
+    /// (.NET: "You must call Bind and Listen first").
+    pub fn start_accept(&self, sink: Arc<dyn Sink>) -> Result<()> {
+        if !self.is_listening()? {
+            return Err(Error::invalid_operation(format!(
+                "socket {} is not listening: call bind and listen first",
+                self.number
+            )));
+        }
+        self.submit(Request::new(OpKind::Accept, UserBuf::EMPTY, 0, None, sink))
+    }
+
+    /// Begins a connect to the first of `targets`, falling back to the
+    /// others in order. Every target must be of the socket's family.
+    pub fn start_connect(&self, targets: Vec<SocketAddr>, sink: Arc<dyn Sink>) -> Result<()> {
+        for t in &targets {
+            self.check_family(t)?;
+        }
+        if self.is_listening()? {
+            return Err(Error::invalid_operation(format!("socket {} is listening and cannot connect", self.number)));
+        }
+        let mut targets = targets.into_iter();
+        let first = targets.next().ok_or_else(|| Error::argument("no endpoint to connect to"))?;
+        let mut req = Request::new(OpKind::Connect, UserBuf::EMPTY, 0, Some(SockAddr::from(first)), sink);
+        req.alternatives = targets.collect();
+        self.submit(req)
+    }
+
+    /// Begins a connect to a host name: the request takes its place in the
+    /// queue now and runs once the resolver answers (`resolved`).
+    pub fn start_connect_host(self: &Arc<Self>, host: &str, port: u16, sink: Arc<dyn Sink>) -> Result<()> {
+        if self.is_listening()? {
+            return Err(Error::invalid_operation(format!("socket {} is listening and cannot connect", self.number)));
+        }
+        let mut req = Request::new(OpKind::Connect, UserBuf::EMPTY, 0, None, sink.clone());
+        req.resolving = true;
+        self.submit(req)?;
+        let me = self.clone();
+        super::resolve::resolve(host, port, self.family, Box::new(move |result| me.resolved(&sink, result)));
+        Ok(())
+    }
+
+    /// The resolver's answer for the connect whose sink is `sink`. If close
+    /// already aborted that connect, there is nothing left to do.
+    fn resolved(&self, sink: &Arc<dyn Sink>, result: Result<Vec<SocketAddr>>) {
+        let mut st = lock(&self.state);
+        let State { sock, io, .. } = &mut *st;
+        let Some(sock) = sock.as_ref() else {
+            return;
+        };
+        let same = |r: &Request| std::ptr::addr_eq(Arc::as_ptr(&r.sink), Arc::as_ptr(sink));
+        let Some(pos) = io.outbound.iter().position(|r| r.resolving && same(r)) else {
+            return;
+        };
+        match result {
+            Ok(addrs) => {
+                let mut addrs = addrs.into_iter();
+                let req = &mut io.outbound[pos];
+                req.addr = addrs.next().map(SockAddr::from);
+                req.alternatives = addrs.collect();
+                req.resolving = false;
+                if pos == 0 {
+                    // A connect does not wait for readiness to start.
+                    self.drain(sock, &mut io.outbound, &mut io.write_ready);
+                }
+            }
+            Err(e) => {
+                let req = io.outbound.remove(pos).expect("position is in range");
+                self.trace_completion(req.kind, &Outcome::failed(e.code(), 0), false);
+                req.sink.complete(Outcome::failed(e.code(), 0), false, &self.event_loop);
+                if pos == 0 {
+                    self.drain(sock, &mut io.outbound, &mut io.write_ready);
+                }
+            }
+        }
+    }
+
+    fn trace_completion(&self, kind: io::OpKind, outcome: &Outcome, sync: bool) {
+        if outcome.error == crate::error::ASOCK_OK {
+            trace!(
+                LEVEL_VERBOSE,
+                "socket",
+                "socket {}: {kind:?} completed, {} bytes{}",
+                self.number,
+                outcome.bytes,
+                if sync { " (synchronously)" } else { "" }
+            );
+        } else {
+            trace!(
+                LEVEL_ERROR,
+                "socket",
+                "socket {}: {kind:?} failed: {}",
+                self.number,
+                crate::error::name(outcome.error).to_string_lossy()
+            );
+        }
+    }
+
+    /// Runs queued operations of one direction until one would block.
+    fn drain(&self, sock: &Sock2, queue: &mut std::collections::VecDeque<Request>, ready: &mut bool) {
+        while let Some(front) = queue.front_mut() {
+            match io::attempt(sock, self, front) {
+                Step::Done(outcome) => {
+                    let req = queue.pop_front().expect("front exists");
+                    self.trace_completion(req.kind, &outcome, false);
+                    req.sink.complete(outcome, false, &self.event_loop);
+                }
+                Step::Partial | Step::WouldBlock => {
+                    *ready = false;
+                    return;
+                }
+            }
+        }
     }
 }
 
 impl Source for Socket {
-    fn on_ready(&self, _readable: bool, _writable: bool) {
-        // No operations are queued on a socket yet (Begin/End arrives with
-        // the operation queues); readiness is simply absorbed.
+    fn on_ready(&self, readable: bool, writable: bool) {
+        let mut st = lock(&self.state);
+        let State { sock, io, .. } = &mut *st;
+        let Some(sock) = sock.as_ref() else {
+            return;
+        };
+        if readable {
+            io.read_ready = true;
+            self.drain(sock, &mut io.inbound, &mut io.read_ready);
+        }
+        if writable {
+            io.write_ready = true;
+            self.drain(sock, &mut io.outbound, &mut io.write_ready);
+        }
     }
 
     fn on_loop_closed(&self) {
@@ -408,12 +674,9 @@ impl Source for Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        if let Some(sock) = lock(&self.state).sock.take() {
-            if let Some(key) = self.key.get() {
-                self.event_loop.detach(*key);
-            }
-            drop(sock);
-        }
+        // An accepted connection nobody took, or a socket whose last handle
+        // went away: close it the normal way (a no-op if already closed).
+        let _ = self.close();
     }
 }
 

@@ -21,11 +21,32 @@ use std::time::{Duration, Instant};
 
 pub type Task = Box<dyn FnOnce() + Send>;
 
+/// A completed operation whose user callback is due. Delivering one through
+/// the loop costs a reference count, not an allocation (a boxed closure
+/// would cost one per operation).
+pub trait Deliver: Send + Sync {
+    fn deliver(self: Arc<Self>);
+}
+
+enum Job {
+    Task(Task),
+    Deliver(Arc<dyn Deliver>),
+}
+
+impl Job {
+    fn run(self) {
+        match self {
+            Job::Task(task) => task(),
+            Job::Deliver(d) => d.deliver(),
+        }
+    }
+}
+
 static NEXT_LOOP_NUMBER: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Default)]
 struct TaskQueue {
-    queue: VecDeque<Task>,
+    queue: VecDeque<Job>,
     /// Set once the loop has been freed and drained: later posts fail.
     sealed: bool,
 }
@@ -49,6 +70,8 @@ pub struct EventLoop {
     running_on: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
     events: Mutex<Events>,
+    /// The runner's second job buffer (see `run_posted`).
+    spare: Mutex<VecDeque<Job>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,6 +99,7 @@ impl EventLoop {
             running_on: AtomicU64::new(0),
             thread: Mutex::new(None),
             events: Mutex::new(Events::with_capacity(NonZeroUsize::new(1024).unwrap())),
+            spare: Mutex::default(),
         }))
     }
 
@@ -104,12 +128,22 @@ impl EventLoop {
     /// Queues `task` to run on the loop's thread. Tasks run in the order
     /// they were posted.
     pub fn post(&self, task: Task) -> Result<()> {
+        self.push(Job::Task(task))
+    }
+
+    /// Queues an operation's callback. It shares the FIFO with posted tasks,
+    /// so callbacks run in the order their operations completed.
+    pub fn deliver(&self, d: Arc<dyn Deliver>) -> Result<()> {
+        self.push(Job::Deliver(d))
+    }
+
+    fn push(&self, job: Job) -> Result<()> {
         {
             let mut q = lock(&self.tasks);
             if q.sealed {
                 return Err(self.disposed());
             }
-            q.queue.push_back(task);
+            q.queue.push_back(job);
         }
         self.wake();
         Ok(())
@@ -342,15 +376,29 @@ impl EventLoop {
         Ok(dispatched)
     }
 
-    /// Runs the tasks posted so far. Tasks they post run on the next turn,
-    /// so a task that re-posts itself cannot starve I/O.
+    /// Runs posted jobs until the queue is empty, so a callback that starts
+    /// an operation which completes at once (its callback queued from this
+    /// thread) is served in the same turn, not after another wait. The
+    /// rounds are bounded: a job that re-posts itself forever still lets the
+    /// loop poll for I/O.
     fn run_posted(&self) -> u32 {
+        const MAX_ROUNDS: usize = 64;
         self.wake_pending.store(false, Ordering::SeqCst);
-        let batch = std::mem::take(&mut lock(&self.tasks).queue);
-        let n = batch.len() as u32;
-        for task in batch {
-            guarded(task);
+        let mut n = 0;
+        // The runner's spare buffer is swapped with the queue (both keep
+        // their capacity), so a steady stream of jobs allocates nothing.
+        let mut batch = std::mem::take(&mut *lock(&self.spare));
+        for _ in 0..MAX_ROUNDS {
+            std::mem::swap(&mut batch, &mut lock(&self.tasks).queue);
+            if batch.is_empty() {
+                break;
+            }
+            n += batch.len() as u32;
+            while let Some(job) = batch.pop_front() {
+                guarded(|| job.run());
+            }
         }
+        *lock(&self.spare) = batch;
         n
     }
 
@@ -400,8 +448,8 @@ impl EventLoop {
                 }
                 std::mem::take(&mut q.queue)
             };
-            for task in batch {
-                guarded(task);
+            for job in batch {
+                guarded(|| job.run());
             }
         }
         self.release();

@@ -7,7 +7,7 @@ mod sources;
 mod thread_token;
 mod timers;
 
-pub use event_loop::{EventLoop, Task};
+pub use event_loop::{Deliver, EventLoop, Task};
 pub use sources::{Source, SourceKey};
 pub use thread_token::current as current_thread_token;
 pub use timers::{TimerCallback, TimerId, TimerOutcome};

@@ -1,0 +1,338 @@
+//! One asynchronous I/O request and the system calls that advance it.
+//!
+//! A request lives in its socket's inbound or outbound queue until it
+//! completes. `attempt` is called under the socket's lock — first inside
+//! Begin (when the queue is empty and the direction is not known to be
+//! blocked), then each time readiness arrives — and says whether the request
+//! finished, made partial progress, or would block.
+
+use super::socket::Socket;
+use crate::error::{from_errno, ASOCK_MESSAGE_SIZE, ASOCK_OK, ASOCK_OPERATION_ABORTED};
+use crate::runtime::EventLoop;
+use socket2::{SockAddr, Socket as Sock2};
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Connect,
+    Accept,
+    Send,
+    Receive,
+    SendTo,
+    ReceiveFrom,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    In,
+    Out,
+}
+
+impl OpKind {
+    pub(crate) fn direction(self) -> Direction {
+        match self {
+            OpKind::Accept | OpKind::Receive | OpKind::ReceiveFrom => Direction::In,
+            OpKind::Connect | OpKind::Send | OpKind::SendTo => Direction::Out,
+        }
+    }
+}
+
+/// Memory the caller lent to an operation. The caller keeps it valid and
+/// unchanged until the operation completes (the overlapped I/O rule), which
+/// is what lets asock read and write it in place.
+#[derive(Clone, Copy, Debug)]
+pub struct UserBuf {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+// SAFETY: the buffer is only touched under the owning socket's lock, by
+// one thread at a time, while the caller has promised it stays valid.
+unsafe impl Send for UserBuf {}
+unsafe impl Sync for UserBuf {}
+
+impl UserBuf {
+    pub const EMPTY: UserBuf = UserBuf { ptr: std::ptr::null_mut(), len: 0 };
+}
+
+/// How an operation ended.
+#[derive(Default)]
+pub struct Outcome {
+    /// `ASOCK_OK` or a SocketError value.
+    pub error: i32,
+    pub bytes: usize,
+    pub accepted: Option<Arc<Socket>>,
+    pub from: Option<SocketAddr>,
+}
+
+impl Outcome {
+    pub fn ok(bytes: usize) -> Self {
+        Outcome { error: ASOCK_OK, bytes, ..Default::default() }
+    }
+    pub fn failed(error: i32, bytes: usize) -> Self {
+        Outcome { error, bytes, ..Default::default() }
+    }
+    pub fn aborted() -> Self {
+        Outcome::failed(ASOCK_OPERATION_ABORTED, 0)
+    }
+}
+
+/// Who learns of a completion (an async result, an event-args object).
+pub trait Sink: Send + Sync {
+    /// Stores the outcome and queues the user's callback on `event_loop`.
+    /// Called under the socket's lock, so callbacks of one socket are queued
+    /// in completion order; it must not call back into the socket.
+    fn complete(self: Arc<Self>, outcome: Outcome, synchronously: bool, event_loop: &EventLoop);
+}
+
+pub(crate) struct Request {
+    pub kind: OpKind,
+    pub buf: UserBuf,
+    /// `MSG_*` flags for the system call.
+    pub flags: i32,
+    /// Connect target, or send-to destination.
+    pub addr: Option<SockAddr>,
+    /// Further connect targets, tried in order if `addr` fails.
+    pub alternatives: Vec<SocketAddr>,
+    /// Bytes moved so far (a stream send may take several calls).
+    pub done: usize,
+    /// A connect has been issued and is in progress.
+    pub started: bool,
+    /// A connect whose host name is still being resolved: it holds its
+    /// place in the queue (so close aborts it) but cannot run yet.
+    pub resolving: bool,
+    pub sink: Arc<dyn Sink>,
+}
+
+impl Request {
+    pub(crate) fn new(kind: OpKind, buf: UserBuf, flags: i32, addr: Option<SockAddr>, sink: Arc<dyn Sink>) -> Self {
+        Request { kind, buf, flags, addr, alternatives: Vec::new(), done: 0, started: false, resolving: false, sink }
+    }
+}
+
+/// .NET SocketFlags values asock accepts, as `MSG_*` flags.
+pub const SOCKET_FLAG_OUT_OF_BAND: i32 = 0x1;
+pub const SOCKET_FLAG_PEEK: i32 = 0x2;
+pub const SOCKET_FLAG_DONT_ROUTE: i32 = 0x4;
+
+/// Maps .NET SocketFlags to `MSG_*` flags; any other bit is refused.
+pub fn socket_flags(flags: i32) -> crate::error::Result<i32> {
+    let known = SOCKET_FLAG_OUT_OF_BAND | SOCKET_FLAG_PEEK | SOCKET_FLAG_DONT_ROUTE;
+    if flags & !known != 0 {
+        return Err(crate::error::Error::argument(format!(
+            "socket flags {flags:#x} include bits other than OUT_OF_BAND (1), PEEK (2) and DONT_ROUTE (4)"
+        )));
+    }
+    let mut msg = 0;
+    if flags & SOCKET_FLAG_OUT_OF_BAND != 0 {
+        msg |= libc::MSG_OOB;
+    }
+    if flags & SOCKET_FLAG_PEEK != 0 {
+        msg |= libc::MSG_PEEK;
+    }
+    if flags & SOCKET_FLAG_DONT_ROUTE != 0 {
+        msg |= libc::MSG_DONTROUTE;
+    }
+    Ok(msg)
+}
+
+pub(crate) enum Step {
+    Done(Outcome),
+    /// Some progress, then would-block: the direction is not ready.
+    Partial,
+    WouldBlock,
+}
+
+fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Advances `req` on `sock`. `owner` is the socket the request belongs to
+/// (accepted connections inherit its loop, family, type and protocol).
+pub(crate) fn attempt(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
+    match req.kind {
+        OpKind::Send | OpKind::SendTo => send(sock, owner, req),
+        OpKind::Receive | OpKind::ReceiveFrom => receive(sock, owner, req),
+        OpKind::Accept => accept(sock, owner),
+        OpKind::Connect => connect(sock, req),
+    }
+}
+
+fn send(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
+    let stream = owner.is_stream();
+    loop {
+        let rest = req.buf.len - req.done;
+        // SAFETY: `buf` is the caller's lent memory (see UserBuf); `done`
+        // never exceeds `len`.
+        let data = unsafe { std::slice::from_raw_parts(req.buf.ptr.add(req.done), rest) };
+        let data = if req.buf.ptr.is_null() { &[][..] } else { data };
+        let flags = req.flags | libc::MSG_NOSIGNAL;
+        let sent = match (&req.addr, req.kind) {
+            (Some(to), OpKind::SendTo) => sock.send_to_with_flags(data, to, flags),
+            _ => sock.send_with_flags(data, flags),
+        };
+        match sent {
+            Ok(n) => {
+                req.done += n;
+                // A stream send completes when the whole buffer is gone; a
+                // datagram is sent whole or not at all.
+                if !stream || req.done == req.buf.len {
+                    return Step::Done(Outcome::ok(req.done));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if would_block(&e) => return if req.done > 0 { Step::Partial } else { Step::WouldBlock },
+            Err(e) => return Step::Done(Outcome::failed(from_errno(errno_of(&e)), req.done)),
+        }
+    }
+}
+
+fn receive(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
+    let want_from = req.kind == OpKind::ReceiveFrom;
+    if req.buf.len == 0 && owner.is_stream() {
+        // A zero-byte receive waits until data is there and takes none
+        // (the .NET readiness idiom), so peek one byte.
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        return match sock.peek(&mut probe) {
+            Ok(_) => Step::Done(Outcome::ok(0)),
+            Err(e) if would_block(&e) => Step::WouldBlock,
+            Err(e) => Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0)),
+        };
+    }
+    loop {
+        match recvmsg(sock, req.buf, req.flags, want_from) {
+            Ok((n, truncated, from)) => {
+                let mut outcome = Outcome::ok(n);
+                outcome.from = from;
+                if truncated && !owner.is_stream() {
+                    // .NET: the buffer holds the datagram's first bytes and
+                    // the operation fails with MessageSize.
+                    outcome.error = ASOCK_MESSAGE_SIZE;
+                    outcome.bytes = req.buf.len;
+                }
+                return Step::Done(outcome);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if would_block(&e) => return Step::WouldBlock,
+            Err(e) => return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0)),
+        }
+    }
+}
+
+/// recvmsg into the caller's buffer: the byte count, whether a datagram was
+/// cut short, and (if asked) the sender.
+fn recvmsg(sock: &Sock2, buf: UserBuf, flags: i32, want_from: bool) -> io::Result<(usize, bool, Option<SocketAddr>)> {
+    let mut storage = socket2::SockAddrStorage::zeroed();
+    let mut iov = libc::iovec { iov_base: buf.ptr as *mut libc::c_void, iov_len: buf.len };
+    // SAFETY: a zeroed msghdr is a valid "no name, no control" header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if want_from {
+        msg.msg_name = &mut storage as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = storage.size_of();
+    }
+    // SAFETY: the iovec points at the caller's lent buffer of `len` bytes;
+    // the name buffer is ours.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
+    let from = if want_from && msg.msg_namelen > 0 {
+        // SAFETY: the kernel filled `storage` with `msg_namelen` bytes.
+        unsafe { SockAddr::new(storage, msg.msg_namelen) }.as_socket()
+    } else {
+        None
+    };
+    Ok((n as usize, truncated, from))
+}
+
+fn accept(sock: &Sock2, owner: &Socket) -> Step {
+    loop {
+        // SAFETY: accept4 with no address out-parameters.
+        let fd = unsafe {
+            libc::accept4(
+                sock.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 returned a fresh descriptor we now own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            return Step::Done(match owner.adopt_accepted(Sock2::from(fd)) {
+                Ok(s) => Outcome { accepted: Some(s), ..Outcome::ok(0) },
+                Err(e) => Outcome::failed(e.code(), 0),
+            });
+        }
+        let e = io::Error::last_os_error();
+        match errno_of(&e) {
+            // A connection that died in the backlog is not this accept's
+            // failure: take the next one (as libuv does).
+            libc::EINTR | libc::ECONNABORTED => continue,
+            _ if would_block(&e) => return Step::WouldBlock,
+            errno => return Step::Done(Outcome::failed(from_errno(errno), 0)),
+        }
+    }
+}
+
+fn connect(sock: &Sock2, req: &mut Request) -> Step {
+    if req.resolving {
+        return Step::WouldBlock;
+    }
+    loop {
+        if !req.started {
+            let Some(addr) = req.addr.as_ref() else {
+                return Step::Done(Outcome::failed(crate::error::ASOCK_DESTINATION_ADDRESS_REQUIRED, 0));
+            };
+            req.started = true;
+            match sock.connect(addr) {
+                Ok(()) => return Step::Done(Outcome::ok(0)),
+                Err(e) if errno_of(&e) == libc::EINPROGRESS || would_block(&e) => return Step::WouldBlock,
+                Err(e) => {
+                    if next_alternative(req) {
+                        continue;
+                    }
+                    return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0));
+                }
+            }
+        }
+        // In progress: writable (or an error) means it finished.
+        match sock.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) => {
+                if next_alternative(req) {
+                    continue;
+                }
+                return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0));
+            }
+            Err(e) => return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0)),
+        }
+        return match sock.peer_addr() {
+            Ok(_) => Step::Done(Outcome::ok(0)),
+            Err(e) if errno_of(&e) == libc::ENOTCONN => Step::WouldBlock,
+            Err(e) => Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0)),
+        };
+    }
+}
+
+/// Moves a failed connect on to the next resolved address, if any. Linux
+/// lets a socket whose connect failed connect again.
+fn next_alternative(req: &mut Request) -> bool {
+    if req.alternatives.is_empty() {
+        return false;
+    }
+    req.addr = Some(SockAddr::from(req.alternatives.remove(0)));
+    req.started = false;
+    true
+}
