@@ -209,7 +209,8 @@
 #define ASOCK_OPT_NO_DELAY 1
 
 /*
- SO_REUSEADDR, 0 or 1.
+ SO_REUSEADDR, 0 or 1. (Every boolean option takes only 0 or 1; other
+ values → `ASOCK_E_ARGUMENT_OUT_OF_RANGE`.)
  */
 #define ASOCK_OPT_REUSE_ADDRESS 2
 
@@ -256,8 +257,9 @@
 
 /*
  On a listener: how long an accept with a receive buffer waits for the
- connection's first data before resetting it, in ms; -1 waits forever.
- Default 30000.
+ connection's first data before resetting it, in ms (1 or more); -1
+ waits forever; 0 → `ASOCK_E_ARGUMENT_OUT_OF_RANGE`. Default 30000. Any
+ socket stores it; only listeners use it.
  */
 #define ASOCK_OPT_ACCEPT_RECEIVE_TIMEOUT_MS 11
 
@@ -575,7 +577,9 @@ asock_error asock_loop_run_once(struct asock_loop l, int32_t timeout_ms, uint32_
 
 /*
  Runs the loop on a thread the library owns, until `asock_loop_stop` or
- `asock_loop_free`. After a stop it may be started again.
+ `asock_loop_free`. After a stop it may be started again: called while a
+ stopped loop is still finishing its turn, it waits for that turn to end
+ (as do run and run_once).
  */
 asock_error asock_loop_start_thread(struct asock_loop l);
 
@@ -606,7 +610,8 @@ asock_error asock_loop_add_timer(struct asock_loop l, uint32_t delay_ms, asock_t
 /*
  Cancels a timer before it fires; its callback then runs with
  `ASOCK_OPERATION_ABORTED` on the loop thread. `ASOCK_E_INVALID_OPERATION`
- if it already fired or was cancelled; `ASOCK_E_ARGUMENT_NULL` for id 0.
+ if it already fired or was cancelled, or is not this loop's (timer ids
+ are unique in the process); `ASOCK_E_ARGUMENT_NULL` for id 0.
  */
 asock_error asock_loop_cancel_timer(struct asock_loop l, uint64_t timer);
 
@@ -670,7 +675,8 @@ asock_error asock_socket_get_option(struct asock_socket s, int32_t opt, int32_t 
 
 /*
  Shuts down one or both directions: `ASOCK_SHUTDOWN_RECEIVE`, `_SEND`,
- `_BOTH` (else `ASOCK_E_ARGUMENT`). Not connected → `ASOCK_NOT_CONNECTED`.
+ `_BOTH` (else `ASOCK_E_ARGUMENT`). Not connected, or a listening socket →
+ `ASOCK_NOT_CONNECTED`.
  */
 asock_error asock_socket_shutdown(struct asock_socket s, int32_t how);
 
@@ -688,7 +694,10 @@ asock_error asock_socket_close(struct asock_socket s);
  or `ASOCK_TRACE_OFF` turns tracing off; off is the default and costs one
  atomic load per traced point. `cb` runs on whichever thread did the work,
  possibly on several at once; SMTP secrets are masked before it sees them.
- Records emitted from inside `cb` itself are dropped.
+ Records emitted from inside `cb` itself are dropped. Returns once no call
+ to the previous callback is in progress, so its userdata may be freed
+ then; calling it from inside the trace callback →
+ `ASOCK_E_INVALID_OPERATION`.
  */
 asock_error asock_set_trace(asock_trace_callback cb, int32_t level, void *userdata);
 

@@ -26,12 +26,22 @@ thread_local! {
     static IN_SINK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Installs `sink` at `level`, or turns tracing off with `None`.
-pub fn set(sink: Option<Sink>, level: i32) {
+/// Installs `sink` at `level`, or turns tracing off with `None`. Returns
+/// once no record is being delivered to the old sink any more, so its owner
+/// may free what the sink uses. Refused from inside a sink (it would wait
+/// for itself).
+pub fn set(sink: Option<Sink>, level: i32) -> crate::error::Result<()> {
+    if IN_SINK.with(|f| f.get()) {
+        return Err(crate::error::Error::invalid_operation(
+            "the trace callback cannot change tracing from inside itself",
+        ));
+    }
+    // The write lock waits for every emit in flight (they hold read locks).
     let mut guard = SINK.write().unwrap_or_else(|p| p.into_inner());
     let level = if sink.is_some() { level } else { LEVEL_OFF };
     *guard = sink;
     LEVEL.store(level, Ordering::Release);
+    Ok(())
 }
 
 #[inline(always)]
@@ -46,10 +56,13 @@ pub fn emit(level: i32, category: &str, text: &str) {
     if IN_SINK.with(|f| f.replace(true)) {
         return;
     }
-    let sink = SINK.read().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some(sink) = sink {
-        if enabled(level) {
-            sink(level, category, text);
+    {
+        // Held across the call, so `set` can wait for deliveries in flight.
+        let sink = SINK.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(sink) = sink.as_ref() {
+            if enabled(level) {
+                sink(level, category, text);
+            }
         }
     }
     IN_SINK.with(|f| f.set(false));
@@ -81,11 +94,12 @@ pub(crate) mod tests {
         set(
             Some(Arc::new(move |l, c: &str, t: &str| s.lock().unwrap().push((l, c.to_string(), t.to_string())))),
             LEVEL_INFO,
-        );
+        )
+        .unwrap();
         trace!(LEVEL_ERROR, "t", "e{}", 1);
         trace!(LEVEL_INFO, "t", "i");
         trace!(LEVEL_VERBOSE, "t", "v");
-        set(None, LEVEL_VERBOSE);
+        set(None, LEVEL_VERBOSE).unwrap();
         trace!(LEVEL_ERROR, "t", "after off");
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2);

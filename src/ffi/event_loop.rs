@@ -64,7 +64,9 @@ pub extern "C" fn asock_loop_run_once(l: asock_loop, timeout_ms: i32, out_dispat
 }
 
 /// Runs the loop on a thread the library owns, until `asock_loop_stop` or
-/// `asock_loop_free`. After a stop it may be started again.
+/// `asock_loop_free`. After a stop it may be started again: called while a
+/// stopped loop is still finishing its turn, it waits for that turn to end
+/// (as do run and run_once).
 #[no_mangle]
 pub extern "C" fn asock_loop_start_thread(l: asock_loop) -> asock_error {
     guard(|| own_loop(l, "start_thread")?.start_thread())
@@ -133,7 +135,8 @@ pub extern "C" fn asock_loop_add_timer(
 
 /// Cancels a timer before it fires; its callback then runs with
 /// `ASOCK_OPERATION_ABORTED` on the loop thread. `ASOCK_E_INVALID_OPERATION`
-/// if it already fired or was cancelled; `ASOCK_E_ARGUMENT_NULL` for id 0.
+/// if it already fired or was cancelled, or is not this loop's (timer ids
+/// are unique in the process); `ASOCK_E_ARGUMENT_NULL` for id 0.
 #[no_mangle]
 pub extern "C" fn asock_loop_cancel_timer(l: asock_loop, timer: u64) -> asock_error {
     guard(|| {

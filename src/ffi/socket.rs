@@ -25,7 +25,8 @@ pub const ASOCK_SHUTDOWN_BOTH: i32 = 2;
 /// TCP_NODELAY: 1 turns Nagle's batching off (seed 000's "may delay
 /// transmission"). Stream sockets only, else `ASOCK_PROTOCOL_OPTION`.
 pub const ASOCK_OPT_NO_DELAY: i32 = 1;
-/// SO_REUSEADDR, 0 or 1.
+/// SO_REUSEADDR, 0 or 1. (Every boolean option takes only 0 or 1; other
+/// values → `ASOCK_E_ARGUMENT_OUT_OF_RANGE`.)
 pub const ASOCK_OPT_REUSE_ADDRESS: i32 = 2;
 /// SO_REUSEPORT, 0 or 1: several listeners (one per loop) share a port.
 pub const ASOCK_OPT_REUSE_PORT: i32 = 3;
@@ -45,8 +46,9 @@ pub const ASOCK_OPT_IPV6_ONLY: i32 = 9;
 /// IP_TTL (IPv4) or IPV6_UNICAST_HOPS (IPv6), 1..255.
 pub const ASOCK_OPT_TTL: i32 = 10;
 /// On a listener: how long an accept with a receive buffer waits for the
-/// connection's first data before resetting it, in ms; -1 waits forever.
-/// Default 30000.
+/// connection's first data before resetting it, in ms (1 or more); -1
+/// waits forever; 0 → `ASOCK_E_ARGUMENT_OUT_OF_RANGE`. Default 30000. Any
+/// socket stores it; only listeners use it.
 pub const ASOCK_OPT_ACCEPT_RECEIVE_TIMEOUT_MS: i32 = 11;
 
 fn option(value: i32) -> Result<SocketOption, Error> {
@@ -185,7 +187,8 @@ pub extern "C" fn asock_socket_get_option(s: asock_socket, opt: i32, out_value: 
 }
 
 /// Shuts down one or both directions: `ASOCK_SHUTDOWN_RECEIVE`, `_SEND`,
-/// `_BOTH` (else `ASOCK_E_ARGUMENT`). Not connected → `ASOCK_NOT_CONNECTED`.
+/// `_BOTH` (else `ASOCK_E_ARGUMENT`). Not connected, or a listening socket →
+/// `ASOCK_NOT_CONNECTED`.
 #[no_mangle]
 pub extern "C" fn asock_socket_shutdown(s: asock_socket, how: i32) -> asock_error {
     guard(|| {

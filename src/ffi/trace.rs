@@ -24,7 +24,10 @@ fn c_text(s: &str) -> CString {
 /// or `ASOCK_TRACE_OFF` turns tracing off; off is the default and costs one
 /// atomic load per traced point. `cb` runs on whichever thread did the work,
 /// possibly on several at once; SMTP secrets are masked before it sees them.
-/// Records emitted from inside `cb` itself are dropped.
+/// Records emitted from inside `cb` itself are dropped. Returns once no call
+/// to the previous callback is in progress, so its userdata may be freed
+/// then; calling it from inside the trace callback →
+/// `ASOCK_E_INVALID_OPERATION`.
 #[no_mangle]
 pub extern "C" fn asock_set_trace(cb: asock_trace_callback, level: i32, userdata: *mut c_void) -> asock_error {
     guard(|| {
@@ -43,7 +46,6 @@ pub extern "C" fn asock_set_trace(cb: asock_trace_callback, level: i32, userdata
             }
             _ => None,
         };
-        trace::set(sink, level);
-        Ok(())
+        trace::set(sink, level)
     })
 }

@@ -301,7 +301,11 @@ impl Socket {
 
     pub fn set_option(&self, option: SocketOption, value: i32) -> Result<()> {
         use SocketOption::*;
-        let on = value != 0;
+        let on = value == 1;
+        let boolean = matches!(option, NoDelay | ReuseAddress | ReusePort | KeepAlive | Broadcast | Ipv6Only);
+        if boolean && value != 0 && value != 1 {
+            return Err(Error::out_of_range(format!("{option:?} takes 0 or 1, not {value}")));
+        }
         let os = |e: std::io::Error| Error::os(&e, &format!("set {option:?}"));
         self.with_sock(
             LEVEL_INFO,
@@ -400,6 +404,11 @@ impl Socket {
     }
 
     pub fn shutdown(&self, how: ShutdownHow) -> Result<()> {
+        // Linux lets shutdown(SHUT_RD) quietly end a listener; .NET (and
+        // Winsock) say a listener is not connected.
+        if self.is_listening()? {
+            return Err(Error::new(crate::error::ASOCK_NOT_CONNECTED, "a listening socket is not connected"));
+        }
         let sh = match how {
             ShutdownHow::Receive => Shutdown::Read,
             ShutdownHow::Send => Shutdown::Write,

@@ -45,6 +45,15 @@ impl Job {
 static NEXT_LOOP_NUMBER: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Default)]
+struct RunState {
+    /// Some thread owns the right to run the loop.
+    claimed: bool,
+    /// A stop was asked for while it was claimed: the owner is about to
+    /// return, so a new run waits for it instead of failing.
+    stopping: bool,
+}
+
+#[derive(Default)]
 struct TaskQueue {
     queue: VecDeque<Job>,
     /// Set once the loop has been freed and drained: later posts fail.
@@ -62,9 +71,9 @@ pub struct EventLoop {
     stop_requested: AtomicBool,
     /// `free` has begun: no new sources, timers or runs.
     closing: AtomicBool,
-    /// Whether some thread owns the right to run the loop (run, run_once,
-    /// the library thread, or free's final drain).
-    claimed: Mutex<bool>,
+    /// Who may run the loop now (run, run_once, the library thread, or
+    /// free's final drain).
+    claimed: Mutex<RunState>,
     idle: Condvar,
     /// The token of the thread running the loop now, 0 when none.
     running_on: AtomicU64,
@@ -94,7 +103,7 @@ impl EventLoop {
             wake_pending: AtomicBool::new(false),
             stop_requested: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            claimed: Mutex::new(false),
+            claimed: Mutex::default(),
             idle: Condvar::new(),
             running_on: AtomicU64::new(0),
             thread: Mutex::new(None),
@@ -167,12 +176,18 @@ impl EventLoop {
     /// Calls `cb(Fired)` on the loop thread once `delay` has passed, or
     /// `cb(Cancelled)` if the timer is cancelled or the loop freed first.
     pub fn add_timer(&self, delay: Duration, cb: TimerCallback) -> Result<TimerId> {
-        if self.is_closing() {
-            return Err(self.disposed());
-        }
         let deadline =
             Instant::now().checked_add(delay).ok_or_else(|| Error::out_of_range("timer delay is too large"))?;
-        let id = lock(&self.timers).add(deadline, cb);
+        let id = {
+            // Checked under the timers lock: `close` seals timers and tasks
+            // together under it, so a timer is either refused here or run
+            // (cancelled) by the close.
+            let mut timers = lock(&self.timers);
+            if timers.sealed {
+                return Err(self.disposed());
+            }
+            timers.add(deadline, cb)
+        };
         self.wake();
         Ok(id)
     }
@@ -181,12 +196,14 @@ impl EventLoop {
     /// `Cancelled` on the loop thread (never inside this call). Returns false
     /// when the timer already fired or was cancelled.
     pub fn cancel_timer(&self, id: TimerId) -> bool {
-        let cb = lock(&self.timers).cancel(id);
-        match cb {
+        let mut timers = lock(&self.timers);
+        match timers.cancel(id) {
             Some(cb) => {
-                // If the loop was sealed meanwhile, free already ran every
-                // timer callback, so this one cannot still be here.
-                let _ = self.post(Box::new(move || cb(TimerOutcome::Cancelled)));
+                // Posted while the timers lock is held: the task queue is
+                // sealed only under that lock, once no timer is left, so it
+                // cannot be sealed now.
+                let posted = self.post(Box::new(move || cb(TimerOutcome::Cancelled)));
+                debug_assert!(posted.is_ok());
                 true
             }
             None => false,
@@ -231,27 +248,38 @@ impl EventLoop {
 
     // --- running ------------------------------------------------------------
 
+    /// Waits while the current owner is stopping (so stop-then-run or
+    /// stop-then-start_thread from another thread is deterministic), then
+    /// returns the state for the caller to claim.
+    fn wait_unless_stopping<'a>(&self, mut st: MutexGuard<'a, RunState>) -> MutexGuard<'a, RunState> {
+        while st.claimed && st.stopping && !self.is_loop_thread() {
+            st = self.idle.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st
+    }
+
     fn claim(&self) -> Result<()> {
-        let mut claimed = lock(&self.claimed);
+        let mut st = self.wait_unless_stopping(lock(&self.claimed));
         if self.is_closing() {
             return Err(self.disposed());
         }
-        if *claimed {
+        if st.claimed {
             return Err(Error::invalid_operation(if self.is_loop_thread() {
                 format!("loop {} is already running on this thread (a callback cannot run its own loop)", self.number)
             } else {
                 format!("loop {} is already running on another thread", self.number)
             }));
         }
-        *claimed = true;
+        st.claimed = true;
         self.running_on.store(thread_token::current(), Ordering::Release);
         Ok(())
     }
 
     fn release(&self) {
-        let mut claimed = lock(&self.claimed);
+        let mut st = lock(&self.claimed);
         self.running_on.store(0, Ordering::Release);
-        *claimed = false;
+        st.claimed = false;
+        st.stopping = false;
         self.idle.notify_all();
     }
 
@@ -286,14 +314,14 @@ impl EventLoop {
     /// Runs the loop on a thread the library owns, until `stop` or `free`.
     pub fn start_thread(self: &Arc<Self>) -> Result<()> {
         {
-            let mut claimed = lock(&self.claimed);
+            let mut st = self.wait_unless_stopping(lock(&self.claimed));
             if self.is_closing() {
                 return Err(self.disposed());
             }
-            if *claimed {
+            if st.claimed {
                 return Err(Error::invalid_operation(format!("loop {} is already running", self.number)));
             }
-            *claimed = true;
+            st.claimed = true;
         }
         let mut slot = lock(&self.thread);
         if let Some(old) = slot.take() {
@@ -325,7 +353,13 @@ impl EventLoop {
     /// Asks the running loop to return after its current turn. If no thread
     /// runs it, the next run returns after one turn (as libuv's uv_stop).
     pub fn stop(&self) {
-        self.stop_requested.store(true, Ordering::Release);
+        {
+            let mut st = lock(&self.claimed);
+            self.stop_requested.store(true, Ordering::Release);
+            if st.claimed {
+                st.stopping = true;
+            }
+        }
         // Wake even from the loop thread: a sleeping waiter elsewhere is not
         // possible then, but the flag must be seen before the next wait.
         if !self.wake_pending.swap(true, Ordering::SeqCst) {
@@ -420,11 +454,11 @@ impl EventLoop {
         }
         self.stop();
         {
-            let mut claimed = lock(&self.claimed);
-            while *claimed {
-                claimed = self.idle.wait(claimed).unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&self.claimed);
+            while st.claimed {
+                st = self.idle.wait(st).unwrap_or_else(|p| p.into_inner());
             }
-            *claimed = true;
+            st.claimed = true;
             self.running_on.store(thread_token::current(), Ordering::Release);
         }
         if let Some(handle) = lock(&self.thread).take() {
@@ -435,19 +469,20 @@ impl EventLoop {
             guarded(|| source.on_loop_closed());
         }
         loop {
-            let timers = lock(&self.timers).take_all();
-            let had_timers = !timers.is_empty();
-            for cb in timers {
-                guarded(|| cb(TimerOutcome::Cancelled));
-            }
-            let batch = {
+            let (timers, batch) = {
+                // Timers, then tasks: the lock order of `cancel_timer`.
+                let mut timers = lock(&self.timers);
                 let mut q = lock(&self.tasks);
-                if q.queue.is_empty() && !had_timers {
+                if timers.is_empty() && q.queue.is_empty() {
+                    timers.sealed = true;
                     q.sealed = true;
                     break;
                 }
-                std::mem::take(&mut q.queue)
+                (timers.take_all(), std::mem::take(&mut q.queue))
             };
+            for cb in timers {
+                guarded(|| cb(TimerOutcome::Cancelled));
+            }
             for job in batch {
                 guarded(|| job.run());
             }

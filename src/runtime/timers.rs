@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,17 +18,21 @@ pub type TimerCallback = Box<dyn FnOnce(TimerOutcome) + Send>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TimerId(pub u64);
 
+/// Timer ids are unique in the process, so an id from one loop can never
+/// cancel another loop's timer.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Default)]
 pub struct Timers {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     callbacks: HashMap<u64, TimerCallback>,
-    next_id: u64,
+    /// The loop was freed: no timer may be added any more.
+    pub sealed: bool,
 }
 
 impl Timers {
     pub fn add(&mut self, deadline: Instant, cb: TimerCallback) -> TimerId {
-        self.next_id += 1;
-        let id = self.next_id;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         self.heap.push(Reverse((deadline, id)));
         self.callbacks.insert(id, cb);
         TimerId(id)
@@ -63,6 +68,10 @@ impl Timers {
             }
         }
         due
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.callbacks.is_empty()
     }
 
     pub fn take_all(&mut self) -> Vec<TimerCallback> {
