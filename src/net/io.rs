@@ -94,23 +94,34 @@ pub(crate) struct Request {
     pub buf: UserBuf,
     /// `MSG_*` flags for the system call.
     pub flags: i32,
-    /// Connect target, or send-to destination.
-    pub addr: Option<SockAddr>,
-    /// Further connect targets, tried in order if `addr` fails.
-    pub alternatives: Vec<SocketAddr>,
+    /// A send-to destination.
+    pub to: Option<SocketAddr>,
+    /// A connect's targets. Boxed: connects are rare, and every queued
+    /// request pays for the size of this struct.
+    pub connect: Option<Box<ConnectPlan>>,
     /// Bytes moved so far (a stream send may take several calls).
     pub done: usize,
-    /// A connect has been issued and is in progress.
-    pub started: bool,
-    /// A connect whose host name is still being resolved: it holds its
-    /// place in the queue (so close aborts it) but cannot run yet.
-    pub resolving: bool,
     pub sink: Arc<dyn Sink>,
 }
 
+/// Where a connect goes: targets tried in order until one connects.
+#[derive(Default)]
+pub struct ConnectPlan {
+    pub targets: std::collections::VecDeque<SocketAddr>,
+    /// `connect()` was issued for the front target and is in progress.
+    pub started: bool,
+    /// The host name is still being resolved: the request holds its place
+    /// in the queue (so close aborts it) but cannot run yet.
+    pub resolving: bool,
+}
+
 impl Request {
-    pub(crate) fn new(kind: OpKind, buf: UserBuf, flags: i32, addr: Option<SockAddr>, sink: Arc<dyn Sink>) -> Self {
-        Request { kind, buf, flags, addr, alternatives: Vec::new(), done: 0, started: false, resolving: false, sink }
+    pub(crate) fn new(kind: OpKind, buf: UserBuf, flags: i32, to: Option<SocketAddr>, sink: Arc<dyn Sink>) -> Self {
+        Request { kind, buf, flags, to, connect: None, done: 0, sink }
+    }
+
+    pub(crate) fn is_resolving(&self) -> bool {
+        self.connect.as_ref().is_some_and(|c| c.resolving)
     }
 }
 
@@ -175,8 +186,8 @@ fn send(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
         let data = unsafe { std::slice::from_raw_parts(req.buf.ptr.add(req.done), rest) };
         let data = if req.buf.ptr.is_null() { &[][..] } else { data };
         let flags = req.flags | libc::MSG_NOSIGNAL;
-        let sent = match (&req.addr, req.kind) {
-            (Some(to), OpKind::SendTo) => sock.send_to_with_flags(data, to, flags),
+        let sent = match (req.to, req.kind) {
+            (Some(to), OpKind::SendTo) => sock.send_to_with_flags(data, &SockAddr::from(to), flags),
             _ => sock.send_with_flags(data, flags),
         };
         match sent {
@@ -287,35 +298,45 @@ fn accept(sock: &Sock2, owner: &Socket) -> Step {
 }
 
 fn connect(sock: &Sock2, req: &mut Request) -> Step {
-    if req.resolving {
+    let Some(plan) = req.connect.as_mut() else {
+        return Step::Done(Outcome::failed(crate::error::ASOCK_DESTINATION_ADDRESS_REQUIRED, 0));
+    };
+    if plan.resolving {
         return Step::WouldBlock;
     }
     loop {
-        if !req.started {
-            let Some(addr) = req.addr.as_ref() else {
-                return Step::Done(Outcome::failed(crate::error::ASOCK_DESTINATION_ADDRESS_REQUIRED, 0));
-            };
-            req.started = true;
-            match sock.connect(addr) {
+        let Some(target) = plan.targets.front().copied() else {
+            return Step::Done(Outcome::failed(crate::error::ASOCK_DESTINATION_ADDRESS_REQUIRED, 0));
+        };
+        // Linux lets a socket whose connect failed connect again, so a
+        // failed target moves on to the next one on the same socket.
+        let failed = |plan: &mut ConnectPlan, errno: i32| {
+            plan.targets.pop_front();
+            plan.started = false;
+            if plan.targets.is_empty() {
+                Some(Step::Done(Outcome::failed(from_errno(errno), 0)))
+            } else {
+                None
+            }
+        };
+        if !plan.started {
+            plan.started = true;
+            match sock.connect(&SockAddr::from(target)) {
                 Ok(()) => return Step::Done(Outcome::ok(0)),
                 Err(e) if errno_of(&e) == libc::EINPROGRESS || would_block(&e) => return Step::WouldBlock,
-                Err(e) => {
-                    if next_alternative(req) {
-                        continue;
-                    }
-                    return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0));
-                }
+                Err(e) => match failed(plan, errno_of(&e)) {
+                    Some(done) => return done,
+                    None => continue,
+                },
             }
         }
         // In progress: writable (or an error) means it finished.
         match sock.take_error() {
             Ok(None) => {}
-            Ok(Some(e)) => {
-                if next_alternative(req) {
-                    continue;
-                }
-                return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0));
-            }
+            Ok(Some(e)) => match failed(plan, errno_of(&e)) {
+                Some(done) => return done,
+                None => continue,
+            },
             Err(e) => return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0)),
         }
         return match sock.peer_addr() {
@@ -324,15 +345,4 @@ fn connect(sock: &Sock2, req: &mut Request) -> Step {
             Err(e) => Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0)),
         };
     }
-}
-
-/// Moves a failed connect on to the next resolved address, if any. Linux
-/// lets a socket whose connect failed connect again.
-fn next_alternative(req: &mut Request) -> bool {
-    if req.alternatives.is_empty() {
-        return false;
-    }
-    req.addr = Some(SockAddr::from(req.alternatives.remove(0)));
-    req.started = false;
-    true
 }

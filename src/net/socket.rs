@@ -4,7 +4,7 @@
 //! `close` takes it to drop the descriptor, so no call can ever act on a
 //! number the kernel has already handed to someone else.
 
-use super::io::{self, Direction, OpKind, Outcome, Request, Sink, Step, UserBuf};
+use super::io::{self, ConnectPlan, Direction, OpKind, Outcome, Request, Sink, Step, UserBuf};
 use crate::error::{Error, Result, ASOCK_PROTOCOL_OPTION};
 use crate::runtime::{EventLoop, Source, SourceKey};
 use crate::trace;
@@ -498,7 +498,7 @@ impl Socket {
             Direction::In => (&mut io.inbound, &mut io.read_ready),
             Direction::Out => (&mut io.outbound, &mut io.write_ready),
         };
-        if queue.is_empty() && *ready && !req.resolving {
+        if queue.is_empty() && *ready && !req.is_resolving() {
             match io::attempt(sock, self, &mut req) {
                 Step::Done(outcome) => {
                     self.trace_completion(req.kind, &outcome, true);
@@ -507,6 +507,11 @@ impl Socket {
                 }
                 Step::Partial | Step::WouldBlock => *ready = false,
             }
+        }
+        if queue.capacity() == 0 {
+            // Most sockets never have more than one operation queued per
+            // direction: start with room for exactly one.
+            queue.reserve_exact(1);
         }
         queue.push_back(req);
         if !io.registered {
@@ -534,7 +539,7 @@ impl Socket {
             self.check_family(to)?;
         }
         let kind = if to.is_some() { OpKind::SendTo } else { OpKind::Send };
-        self.submit(Request::new(kind, buf, flags, to.map(SockAddr::from), sink))
+        self.submit(Request::new(kind, buf, flags, to, sink))
     }
 
     /// Begins a receive (`with_sender`: a receive-from).
@@ -564,10 +569,11 @@ impl Socket {
         if self.is_listening()? {
             return Err(Error::invalid_operation(format!("socket {} is listening and cannot connect", self.number)));
         }
-        let mut targets = targets.into_iter();
-        let first = targets.next().ok_or_else(|| Error::argument("no endpoint to connect to"))?;
-        let mut req = Request::new(OpKind::Connect, UserBuf::EMPTY, 0, Some(SockAddr::from(first)), sink);
-        req.alternatives = targets.collect();
+        if targets.is_empty() {
+            return Err(Error::argument("no endpoint to connect to"));
+        }
+        let mut req = Request::new(OpKind::Connect, UserBuf::EMPTY, 0, None, sink);
+        req.connect = Some(Box::new(ConnectPlan { targets: targets.into(), ..Default::default() }));
         self.submit(req)
     }
 
@@ -578,7 +584,7 @@ impl Socket {
             return Err(Error::invalid_operation(format!("socket {} is listening and cannot connect", self.number)));
         }
         let mut req = Request::new(OpKind::Connect, UserBuf::EMPTY, 0, None, sink.clone());
-        req.resolving = true;
+        req.connect = Some(Box::new(ConnectPlan { resolving: true, ..Default::default() }));
         self.submit(req)?;
         let me = self.clone();
         super::resolve::resolve(host, port, self.family, Box::new(move |result| me.resolved(&sink, result)));
@@ -594,16 +600,15 @@ impl Socket {
             return;
         };
         let same = |r: &Request| std::ptr::addr_eq(Arc::as_ptr(&r.sink), Arc::as_ptr(sink));
-        let Some(pos) = io.outbound.iter().position(|r| r.resolving && same(r)) else {
+        let Some(pos) = io.outbound.iter().position(|r| r.is_resolving() && same(r)) else {
             return;
         };
         match result {
             Ok(addrs) => {
-                let mut addrs = addrs.into_iter();
-                let req = &mut io.outbound[pos];
-                req.addr = addrs.next().map(SockAddr::from);
-                req.alternatives = addrs.collect();
-                req.resolving = false;
+                if let Some(plan) = io.outbound[pos].connect.as_mut() {
+                    plan.targets = addrs.into();
+                    plan.resolving = false;
+                }
                 if pos == 0 {
                     // A connect does not wait for readiness to start.
                     self.drain(sock, &mut io.outbound, &mut io.write_ready);
