@@ -178,6 +178,31 @@
 #define ASOCK_ENDPOINT_TEXT_MAX 64
 
 /*
+ .NET SocketAsyncOperation values, for `asock_event_args_info.last_operation`.
+ */
+#define ASOCK_OP_NONE 0
+
+#define ASOCK_OP_ACCEPT 1
+
+#define ASOCK_OP_CONNECT 2
+
+#define ASOCK_OP_DISCONNECT 3
+
+#define ASOCK_OP_RECEIVE 4
+
+#define ASOCK_OP_RECEIVE_FROM 5
+
+#define ASOCK_OP_SEND 7
+
+#define ASOCK_OP_SEND_TO 9
+
+/*
+ The bytes an accept with a buffer reserves at its end for the local and
+ remote addresses: 2 × (sizeof(SOCKADDR_STORAGE) + 16), as AcceptEx.
+ */
+#define ASOCK_ACCEPT_ADDRESS_BYTES 288
+
+/*
  .NET SocketType.Stream.
  */
 #define ASOCK_SOCK_STREAM 1
@@ -290,6 +315,12 @@
 #define SOCKET_FLAG_DONT_ROUTE 4
 
 /*
+ Bytes an accept with a buffer keeps at the end of it for the two
+ addresses: 2 × (sizeof(SOCKADDR_STORAGE) + 16), as AcceptEx.
+ */
+#define ACCEPT_ADDRESS_BYTES 288
+
+/*
  A code of the asock error space: `ASOCK_OK` (0), a .NET SocketError
  value, or a negative library code (`ASOCK_E_*`).
  */
@@ -353,6 +384,50 @@ typedef void (*asock_post_callback)(void *state);
  `ASOCK_OPERATION_ABORTED` when the timer was cancelled or its loop freed.
  */
 typedef void (*asock_timer_callback)(void *state, asock_error status);
+
+/*
+ A reusable operation object (.NET SocketAsyncEventArgs). Passed by
+ value; valid until `asock_event_args_free`.
+ */
+typedef struct asock_event_args {
+    uint64_t id;
+} asock_event_args;
+
+/*
+ One buffer of a scatter/gather list: `len` bytes at `data`, owned by the
+ caller and valid until the operation using it completes.
+ */
+typedef struct asock_buffer {
+    uint8_t *data;
+    size_t len;
+} asock_buffer;
+
+/*
+ The Completed event: runs exactly once for each operation whose
+ `…_async` call set `*out_pending` to true, on the thread running the
+ loop of the socket that completed it, after the args were marked free
+ (so the callback may start the next operation with them). `sender` is
+ the socket the operation was started on.
+ */
+typedef void (*asock_completed_callback)(struct asock_socket sender, struct asock_event_args e, void *user_token);
+
+/*
+ The results of an event-args operation (the SocketAsyncEventArgs
+ properties). `accept_socket` is the AcceptSocket given, or the socket an
+ accept made (yours to close); `remote_endpoint` the endpoint set, the
+ sender of a receive-from, or the peer of an accept.
+ */
+typedef struct asock_event_args_info {
+    /*
+     `ASOCK_OP_*` (.NET SocketAsyncOperation).
+     */
+    int32_t last_operation;
+    asock_error socket_error;
+    int32_t bytes_transferred;
+    struct asock_socket accept_socket;
+    struct asock_endpoint remote_endpoint;
+    void *user_token;
+} asock_event_args_info;
 
 /*
  A trace record. `category` is "loop", "socket" or "smtp"; `category` and
@@ -624,6 +699,139 @@ asock_error asock_loop_cancel_timer(struct asock_loop l, uint64_t timer);
  does nothing. From the loop's own thread: `ASOCK_E_INVALID_OPERATION`.
  */
 asock_error asock_loop_free(struct asock_loop l);
+
+/*
+ Creates event args: no buffer, no callback, no AcceptSocket, no remote
+ endpoint, flags none. Free with `asock_event_args_free`. `*out` is
+ written only on success.
+ */
+asock_error asock_event_args_new(struct asock_event_args *out_args);
+
+/*
+ Frees event args. If an operation is using them, the free waits for it:
+ the operation still completes (its callback runs), then the args go.
+ From this call on, every other call with them but `asock_event_args_get_info`
+ returns `ASOCK_E_OBJECT_DISPOSED`. Freeing `{0}` does nothing; freeing
+ twice → `ASOCK_E_OBJECT_DISPOSED`.
+ */
+asock_error asock_event_args_free(struct asock_event_args e);
+
+/*
+ Sets the buffer (SetBuffer): `count` bytes at `buf + offset`, owned by the
+ caller, valid and untouched by it while an operation uses them. Negative
+ `offset` or `count` → `ASOCK_E_ARGUMENT_OUT_OF_RANGE`; `buf` NULL with
+ `count` 0 clears it; a buffer list set → `ASOCK_E_ARGUMENT`; args in use →
+ `ASOCK_E_INVALID_OPERATION`.
+ */
+asock_error asock_event_args_set_buffer(struct asock_event_args e, uint8_t *buf, int32_t offset, int32_t count);
+
+/*
+ Sets a scatter/gather list (BufferList) of `n` buffers, copied (the
+ memory they point to is not: it stays the caller's until the operation
+ completes). Any number of buffers, more than the system's IOV_MAX too.
+ NULL with `n` 0 clears it; a buffer set → `ASOCK_E_ARGUMENT`; a NULL
+ `data` with `len` > 0 → `ASOCK_E_ARGUMENT_NULL`.
+ */
+asock_error asock_event_args_set_buffer_list(struct asock_event_args e, const struct asock_buffer *bufs, size_t n);
+
+/*
+ Sets the Completed callback (NULL: none).
+ */
+asock_error asock_event_args_set_completed(struct asock_event_args e, asock_completed_callback cb);
+
+/*
+ Sets the user token handed to the Completed callback and in the info.
+ */
+asock_error asock_event_args_set_user_token(struct asock_event_args e, void *user_token);
+
+/*
+ Sets the AcceptSocket: the socket the next accept's connection lands in
+ (unbound and unconnected; it may belong to another loop, whose thread
+ then completes its later operations). `{0}` clears it.
+ */
+asock_error asock_event_args_set_accept_socket(struct asock_event_args e, struct asock_socket s);
+
+/*
+ Sets the remote endpoint (copied) for connect and send-to; receive-from
+ needs one too, of the socket's family. NULL clears it.
+ */
+asock_error asock_event_args_set_remote_endpoint(struct asock_event_args e, const struct asock_endpoint *ep);
+
+/*
+ Sets the `ASOCK_SOCKET_FLAG_*` flags of later sends and receives (other
+ bits → `ASOCK_E_ARGUMENT`).
+ */
+asock_error asock_event_args_set_socket_flags(struct asock_event_args e, int32_t flags);
+
+/*
+ Reads the results of the last operation into `*out`. Works on args
+ whose free is pending, so a Completed callback can read them.
+ */
+asock_error asock_event_args_get_info(struct asock_event_args e, struct asock_event_args_info *out_info);
+
+/*
+ The local and remote addresses an accept with a buffer stored in the
+ buffer's reserved tail (GetAcceptExSockaddrs). Both out pointers are
+ required; the last operation must have been such an accept, completed
+ (else `ASOCK_E_INVALID_OPERATION`).
+ */
+asock_error asock_event_args_get_accept_endpoints(struct asock_event_args e, struct asock_endpoint *local, struct asock_endpoint *remote);
+
+/*
+ Accepts a connection (AcceptAsync). `*out_pending`: true → the Completed
+ callback will run; false → finished now, the callback will not run, and
+ `asock_event_args_get_info` holds the result. Codes (seed 001): a buffer
+ list set → `ASOCK_E_ARGUMENT`; a buffer shorter than
+ `ASOCK_ACCEPT_ADDRESS_BYTES` → `ASOCK_E_ARGUMENT`; not listening, an
+ AcceptSocket already bound or connected, or args in use →
+ `ASOCK_E_INVALID_OPERATION`; listener closed → `ASOCK_E_OBJECT_DISPOSED`.
+ With a buffer (AcceptEx): completes when the first data arrives, placed at
+ the buffer's offset (`bytes_transferred` ≤ count − 288), the addresses in
+ the reserved tail; no data within the listener's
+ `ASOCK_OPT_ACCEPT_RECEIVE_TIMEOUT_MS`, or a reset first → that connection
+ is reset and the accept completes with `ASOCK_CONNECTION_RESET` and no
+ socket (the half-open scan case).
+ */
+asock_error asock_accept_async(struct asock_socket listener, struct asock_event_args e, bool *out_pending);
+
+/*
+ Connects to the args' remote endpoint (ConnectAsync; none set →
+ `ASOCK_E_ARGUMENT_NULL`). `*out_pending` as `asock_accept_async`.
+ */
+asock_error asock_connect_async(struct asock_socket s, struct asock_event_args e, bool *out_pending);
+
+/*
+ Sends the buffer or buffer list (SendAsync); a stream send completes
+ when all of it is gone. `*out_pending` as `asock_accept_async`.
+ */
+asock_error asock_send_async(struct asock_socket s, struct asock_event_args e, bool *out_pending);
+
+/*
+ Receives into the buffer or buffer list (ReceiveAsync). `*out_pending`
+ as `asock_accept_async`.
+ */
+asock_error asock_receive_async(struct asock_socket s, struct asock_event_args e, bool *out_pending);
+
+/*
+ Sends to the args' remote endpoint (SendToAsync; none set →
+ `ASOCK_E_ARGUMENT_NULL`).
+ */
+asock_error asock_send_to_async(struct asock_socket s, struct asock_event_args e, bool *out_pending);
+
+/*
+ Receives a datagram and its sender (ReceiveFromAsync); the sender lands
+ in the info's `remote_endpoint`. The args need a remote endpoint set (its
+ family), else `ASOCK_E_ARGUMENT_NULL`.
+ */
+asock_error asock_receive_from_async(struct asock_socket s, struct asock_event_args e, bool *out_pending);
+
+/*
+ Disconnects (DisconnectAsync with reuse): shuts the connection down,
+ aborts the socket's pending operations, and leaves the same socket handle
+ ready to connect again. Finishes inside the call (`*out_pending` false);
+ not connected → `socket_error` `ASOCK_NOT_CONNECTED` in the info.
+ */
+asock_error asock_disconnect_async(struct asock_socket s, struct asock_event_args e, bool *out_pending);
 
 /*
  Creates a non-blocking socket that belongs to `loop` (`{0}`: the default

@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod error;
 pub mod event_loop;
 mod handles;
+pub mod saea;
 pub mod socket;
 pub mod trace;
 pub mod types;

@@ -70,3 +70,44 @@ pub struct asock_async_result {
 /// operation's result handle and the `state` given to Begin. It may call
 /// End* (which then does not block) and start further operations.
 pub type asock_async_callback = Option<unsafe extern "C" fn(ar: asock_async_result, state: *mut c_void)>;
+
+/// A reusable operation object (.NET SocketAsyncEventArgs). Passed by
+/// value; valid until `asock_event_args_free`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct asock_event_args {
+    pub id: u64,
+}
+
+/// One buffer of a scatter/gather list: `len` bytes at `data`, owned by the
+/// caller and valid until the operation using it completes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct asock_buffer {
+    pub data: *mut u8,
+    pub len: usize,
+}
+
+/// The results of an event-args operation (the SocketAsyncEventArgs
+/// properties). `accept_socket` is the AcceptSocket given, or the socket an
+/// accept made (yours to close); `remote_endpoint` the endpoint set, the
+/// sender of a receive-from, or the peer of an accept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct asock_event_args_info {
+    /// `ASOCK_OP_*` (.NET SocketAsyncOperation).
+    pub last_operation: i32,
+    pub socket_error: asock_error,
+    pub bytes_transferred: i32,
+    pub accept_socket: asock_socket,
+    pub remote_endpoint: asock_endpoint,
+    pub user_token: *mut c_void,
+}
+
+/// The Completed event: runs exactly once for each operation whose
+/// `…_async` call set `*out_pending` to true, on the thread running the
+/// loop of the socket that completed it, after the args were marked free
+/// (so the callback may start the next operation with them). `sender` is
+/// the socket the operation was started on.
+pub type asock_completed_callback =
+    Option<unsafe extern "C" fn(sender: asock_socket, e: asock_event_args, user_token: *mut c_void)>;

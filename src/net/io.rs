@@ -99,6 +99,12 @@ pub(crate) struct Request {
     /// A connect's targets. Boxed: connects are rare, and every queued
     /// request pays for the size of this struct.
     pub connect: Option<Box<ConnectPlan>>,
+    /// Scatter/gather buffers (event args' BufferList), used instead of
+    /// `buf` when present.
+    pub bufs: Option<Box<[UserBuf]>>,
+    /// An accept lands in this socket (event args' AcceptSocket) instead of
+    /// a new one.
+    pub accept_into: Option<Arc<Socket>>,
     /// Bytes moved so far (a stream send may take several calls).
     pub done: usize,
     pub sink: Arc<dyn Sink>,
@@ -117,7 +123,7 @@ pub struct ConnectPlan {
 
 impl Request {
     pub(crate) fn new(kind: OpKind, buf: UserBuf, flags: i32, to: Option<SocketAddr>, sink: Arc<dyn Sink>) -> Self {
-        Request { kind, buf, flags, to, connect: None, done: 0, sink }
+        Request { kind, buf, flags, to, connect: None, bufs: None, accept_into: None, done: 0, sink }
     }
 
     pub(crate) fn is_resolving(&self) -> bool {
@@ -172,13 +178,16 @@ pub(crate) fn attempt(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
     match req.kind {
         OpKind::Send | OpKind::SendTo => send(sock, owner, req),
         OpKind::Receive | OpKind::ReceiveFrom => receive(sock, owner, req),
-        OpKind::Accept => accept(sock, owner),
+        OpKind::Accept => accept(sock, owner, req.accept_into.as_ref()),
         OpKind::Connect => connect(sock, req),
     }
 }
 
 fn send(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
     let stream = owner.is_stream();
+    if let Some(bufs) = &req.bufs {
+        return send_list(sock, stream, req.flags, req.to, bufs, &mut req.done);
+    }
     loop {
         let rest = req.buf.len - req.done;
         // SAFETY: `buf` is the caller's lent memory (see UserBuf); `done`
@@ -208,6 +217,9 @@ fn send(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
 
 fn receive(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
     let want_from = req.kind == OpKind::ReceiveFrom;
+    if let Some(bufs) = &req.bufs {
+        return receive_list(sock, owner, req.flags, want_from, bufs);
+    }
     if req.buf.len == 0 && owner.is_stream() {
         // A zero-byte receive waits until data is there and takes none
         // (the .NET readiness idiom), so peek one byte.
@@ -241,18 +253,30 @@ fn receive(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
 /// recvmsg into the caller's buffer: the byte count, whether a datagram was
 /// cut short, and (if asked) the sender.
 fn recvmsg(sock: &Sock2, buf: UserBuf, flags: i32, want_from: bool) -> io::Result<(usize, bool, Option<SocketAddr>)> {
+    let mut iov = [libc::iovec { iov_base: buf.ptr as *mut libc::c_void, iov_len: buf.len }];
+    recvmsg_iov(sock, &mut iov, flags, want_from)
+}
+
+/// The kernel takes at most this many buffers per call.
+const IOV_MAX: usize = 1024;
+
+fn recvmsg_iov(
+    sock: &Sock2,
+    iov: &mut [libc::iovec],
+    flags: i32,
+    want_from: bool,
+) -> io::Result<(usize, bool, Option<SocketAddr>)> {
     let mut storage = socket2::SockAddrStorage::zeroed();
-    let mut iov = libc::iovec { iov_base: buf.ptr as *mut libc::c_void, iov_len: buf.len };
     // SAFETY: a zeroed msghdr is a valid "no name, no control" header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
     if want_from {
         msg.msg_name = &mut storage as *mut _ as *mut libc::c_void;
         msg.msg_namelen = storage.size_of();
     }
-    // SAFETY: the iovec points at the caller's lent buffer of `len` bytes;
-    // the name buffer is ours.
+    // SAFETY: the iovecs point at the caller's lent buffers; the name
+    // buffer is ours.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -267,7 +291,86 @@ fn recvmsg(sock: &Sock2, buf: UserBuf, flags: i32, want_from: bool) -> io::Resul
     Ok((n as usize, truncated, from))
 }
 
-fn accept(sock: &Sock2, owner: &Socket) -> Step {
+/// The iovecs for the part of `bufs` after the first `skip` bytes, at most
+/// IOV_MAX of them.
+fn iovecs_after(bufs: &[UserBuf], mut skip: usize) -> Vec<libc::iovec> {
+    let mut iov = Vec::with_capacity(bufs.len().min(IOV_MAX));
+    for b in bufs {
+        if iov.len() == IOV_MAX {
+            break;
+        }
+        if skip >= b.len {
+            skip -= b.len;
+            continue;
+        }
+        // SAFETY: within the caller's lent buffer.
+        let base = unsafe { b.ptr.add(skip) };
+        iov.push(libc::iovec { iov_base: base as *mut libc::c_void, iov_len: b.len - skip });
+        skip = 0;
+    }
+    iov
+}
+
+fn send_list(
+    sock: &Sock2,
+    stream: bool,
+    flags: i32,
+    to: Option<SocketAddr>,
+    bufs: &[UserBuf],
+    done: &mut usize,
+) -> Step {
+    let total: usize = bufs.iter().map(|b| b.len).sum();
+    let to = to.map(SockAddr::from);
+    loop {
+        let iov = iovecs_after(bufs, *done);
+        // SAFETY: a zeroed msghdr is a valid "no name, no control" header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        if let Some(to) = &to {
+            msg.msg_name = to.as_ptr() as *mut libc::c_void;
+            msg.msg_namelen = to.len();
+        }
+        // SAFETY: the iovecs point at the caller's lent buffers.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            *done += n as usize;
+            if !stream || *done >= total {
+                return Step::Done(Outcome::ok(*done));
+            }
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match errno_of(&e) {
+            libc::EINTR => continue,
+            _ if would_block(&e) => return if *done > 0 { Step::Partial } else { Step::WouldBlock },
+            errno => return Step::Done(Outcome::failed(from_errno(errno), *done)),
+        }
+    }
+}
+
+fn receive_list(sock: &Sock2, owner: &Socket, flags: i32, want_from: bool, bufs: &[UserBuf]) -> Step {
+    let mut iov = iovecs_after(bufs, 0);
+    let capacity: usize = iov.iter().map(|v| v.iov_len).sum();
+    loop {
+        match recvmsg_iov(sock, &mut iov, flags, want_from) {
+            Ok((n, truncated, from)) => {
+                let mut outcome = Outcome::ok(n);
+                outcome.from = from;
+                if truncated && !owner.is_stream() {
+                    outcome.error = ASOCK_MESSAGE_SIZE;
+                    outcome.bytes = capacity;
+                }
+                return Step::Done(outcome);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if would_block(&e) => return Step::WouldBlock,
+            Err(e) => return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0)),
+        }
+    }
+}
+
+fn accept(sock: &Sock2, owner: &Socket, into: Option<&Arc<Socket>>) -> Step {
     loop {
         // SAFETY: accept4 with no address out-parameters.
         let fd = unsafe {
@@ -281,7 +384,11 @@ fn accept(sock: &Sock2, owner: &Socket) -> Step {
         if fd >= 0 {
             // SAFETY: accept4 returned a fresh descriptor we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            return Step::Done(match owner.adopt_accepted(Sock2::from(fd)) {
+            let landed = match into {
+                Some(target) => target.install_accepted(Sock2::from(fd)).map(|()| target.clone()),
+                None => owner.adopt_accepted(Sock2::from(fd)),
+            };
+            return Step::Done(match landed {
                 Ok(s) => Outcome { accepted: Some(s), ..Outcome::ok(0) },
                 Err(e) => Outcome::failed(e.code(), 0),
             });

@@ -4,6 +4,7 @@ pub mod apm;
 pub mod endpoint;
 pub mod io;
 pub mod resolve;
+pub mod saea;
 pub mod socket;
 
 pub use socket::{AddressFamily, Protocol, ShutdownHow, Socket, SocketOption, SocketType};

@@ -133,6 +133,19 @@ impl Socket {
         kind: SocketType,
         protocol: Protocol,
     ) -> Result<Arc<Socket>> {
+        let socket = Socket::adopt(event_loop, Socket::raw(family, kind, protocol)?, family, kind, protocol)?;
+        trace!(
+            LEVEL_INFO,
+            "socket",
+            "socket {} created ({family:?} {kind:?} {protocol:?}) on loop {}",
+            socket.number,
+            event_loop.number()
+        );
+        Ok(socket)
+    }
+
+    /// A bare non-blocking, close-on-exec descriptor.
+    fn raw(family: AddressFamily, kind: SocketType, protocol: Protocol) -> Result<Sock2> {
         let domain = match family {
             AddressFamily::Inet => Domain::IPV4,
             AddressFamily::Inet6 => Domain::IPV6,
@@ -149,31 +162,7 @@ impl Socket {
         let sock = Sock2::new(domain, ty, proto)
             .map_err(|e| Error::os(&e, &format!("create {family:?} {kind:?} {protocol:?} socket")))?;
         sock.set_nonblocking(true).map_err(|e| Error::os(&e, "set non-blocking"))?;
-        let socket = Arc::new(Socket {
-            number: NEXT_SOCKET_NUMBER.fetch_add(1, Ordering::Relaxed),
-            event_loop: event_loop.clone(),
-            family,
-            kind,
-            protocol,
-            key: OnceLock::new(),
-            state: Mutex::new(State {
-                sock: Some(sock),
-                accept_receive_timeout_ms: DEFAULT_ACCEPT_RECEIVE_TIMEOUT_MS,
-                listening: false,
-                io: Io::new(),
-            }),
-        });
-        let weak: std::sync::Weak<dyn Source> = Arc::downgrade(&socket) as _;
-        let key = event_loop.attach(weak)?;
-        let _ = socket.key.set(key);
-        trace!(
-            LEVEL_INFO,
-            "socket",
-            "socket {} created ({family:?} {kind:?} {protocol:?}) on loop {}",
-            socket.number,
-            event_loop.number()
-        );
-        Ok(socket)
+        Ok(sock)
     }
 
     pub fn number(&self) -> u64 {
@@ -435,11 +424,7 @@ impl Socket {
         drop(sock);
         // Completed under the lock, like every other completion, so the
         // callbacks of this socket stay in order.
-        let io = &mut st.io;
-        let aborted = io.inbound.len() + io.outbound.len();
-        for req in io.inbound.drain(..).chain(io.outbound.drain(..)) {
-            req.sink.complete(Outcome::aborted(), false, &self.event_loop);
-        }
+        let aborted = self.abort_queued(&mut st);
         drop(st);
         trace!(LEVEL_INFO, "socket", "socket {} closed ({aborted} pending operations aborted)", self.number);
         Ok(())
@@ -533,31 +518,142 @@ impl Socket {
         Ok(())
     }
 
+    /// Whether the socket is bound to a local port or connected — an
+    /// AcceptSocket must be neither (seed 001).
+    pub fn is_bound_or_connected(&self) -> Result<bool> {
+        let st = lock(&self.state);
+        let sock = st.sock.as_ref().ok_or_else(|| self.disposed())?;
+        if st.listening || sock.peer_addr().is_ok() {
+            return Ok(true);
+        }
+        Ok(sock.local_addr().ok().and_then(|a| a.as_socket()).is_some_and(|a| a.port() != 0))
+    }
+
+    /// Replaces this socket's descriptor with a connection accepted on a
+    /// listener (event args' AcceptSocket). The socket keeps its loop, so
+    /// its later operations complete there.
+    pub(crate) fn install_accepted(&self, new: Sock2) -> Result<()> {
+        let mut st = lock(&self.state);
+        if st.sock.is_none() {
+            return Err(self.disposed());
+        }
+        self.replace_descriptor(&mut st, new);
+        trace!(LEVEL_INFO, "socket", "socket {}: took an accepted connection", self.number);
+        Ok(())
+    }
+
+    /// Swaps the descriptor under the lock: the old one is deregistered
+    /// before it is closed, and what was known of readiness starts over.
+    fn replace_descriptor(&self, st: &mut State, new: Sock2) {
+        if st.io.registered {
+            if let Some(key) = self.key.get() {
+                self.event_loop.unwatch(*key);
+            }
+        }
+        st.io.registered = false;
+        st.io.read_ready = true;
+        st.io.write_ready = true;
+        st.listening = false;
+        st.sock = Some(new);
+    }
+
+    /// Completes every queued operation with `OperationAborted`.
+    fn abort_queued(&self, st: &mut State) -> usize {
+        let io = &mut st.io;
+        let aborted = io.inbound.len() + io.outbound.len();
+        for req in io.inbound.drain(..).chain(io.outbound.drain(..)) {
+            req.sink.complete(Outcome::aborted(), false, &self.event_loop);
+        }
+        aborted
+    }
+
+    /// Disconnect with reuse (.NET DisconnectAsync): shuts the connection
+    /// down, aborts what is queued, and gives the socket a fresh descriptor
+    /// of the same family, type and protocol, so it can connect again.
+    pub fn disconnect(&self) -> Result<()> {
+        let fresh = Socket::raw(self.family, self.kind, self.protocol)?;
+        let mut st = lock(&self.state);
+        let sock = st.sock.as_ref().ok_or_else(|| self.disposed())?;
+        if sock.peer_addr().is_err() {
+            return Err(Error::new(crate::error::ASOCK_NOT_CONNECTED, "the socket is not connected"));
+        }
+        let _ = sock.shutdown(Shutdown::Both);
+        self.abort_queued(&mut st);
+        self.replace_descriptor(&mut st, fresh);
+        trace!(LEVEL_INFO, "socket", "socket {}: disconnected, ready for reuse", self.number);
+        Ok(())
+    }
+
+    /// Resets the connection (SO_LINGER 0, then close): the peer sees a
+    /// reset, not an orderly end.
+    pub fn reset(&self) -> Result<()> {
+        if let Some(sock) = lock(&self.state).sock.as_ref() {
+            let _ = sock.set_linger(Some(Duration::ZERO));
+        }
+        self.close()
+    }
+
     /// Begins a send (`to`: a send-to destination).
     pub fn start_send(&self, buf: UserBuf, flags: i32, to: Option<SocketAddr>, sink: Arc<dyn Sink>) -> Result<()> {
+        self.start_send_list(buf, None, flags, to, sink)
+    }
+
+    /// Begins a send from `buf`, or from `list` (scatter/gather) when given.
+    pub fn start_send_list(
+        &self,
+        buf: UserBuf,
+        list: Option<Box<[UserBuf]>>,
+        flags: i32,
+        to: Option<SocketAddr>,
+        sink: Arc<dyn Sink>,
+    ) -> Result<()> {
         if let Some(to) = &to {
             self.check_family(to)?;
         }
         let kind = if to.is_some() { OpKind::SendTo } else { OpKind::Send };
-        self.submit(Request::new(kind, buf, flags, to, sink))
+        let mut req = Request::new(kind, buf, flags, to, sink);
+        req.bufs = list;
+        self.submit(req)
     }
 
     /// Begins a receive (`with_sender`: a receive-from).
     pub fn start_receive(&self, buf: UserBuf, flags: i32, with_sender: bool, sink: Arc<dyn Sink>) -> Result<()> {
+        self.start_receive_list(buf, None, flags, with_sender, sink)
+    }
+
+    /// Begins a receive into `buf`, or into `list` when given.
+    pub fn start_receive_list(
+        &self,
+        buf: UserBuf,
+        list: Option<Box<[UserBuf]>>,
+        flags: i32,
+        with_sender: bool,
+        sink: Arc<dyn Sink>,
+    ) -> Result<()> {
         let kind = if with_sender { OpKind::ReceiveFrom } else { OpKind::Receive };
-        self.submit(Request::new(kind, buf, flags, None, sink))
+        let mut req = Request::new(kind, buf, flags, None, sink);
+        req.bufs = list;
+        self.submit(req)
     }
 
     /// Begins an accept. The socket must be a listening stream socket
     /// (.NET: "You must call Bind and Listen first").
     pub fn start_accept(&self, sink: Arc<dyn Sink>) -> Result<()> {
+        self.start_accept_into(None, sink)
+    }
+
+    /// Begins an accept whose connection lands in `into` when given (event
+    /// args' AcceptSocket), else in a new socket on this listener's loop.
+    pub fn start_accept_into(&self, into: Option<Arc<Socket>>, sink: Arc<dyn Sink>) -> Result<()> {
         if !self.is_listening()? {
             return Err(Error::invalid_operation(format!(
                 "socket {} is not listening: call bind and listen first",
                 self.number
             )));
         }
-        self.submit(Request::new(OpKind::Accept, UserBuf::EMPTY, 0, None, sink))
+        let mut req = Request::new(OpKind::Accept, UserBuf::EMPTY, 0, None, sink);
+        req.accept_into = into;
+        self.submit(req)
     }
 
     /// Begins a connect to the first of `targets`, falling back to the

@@ -234,6 +234,15 @@ impl EventLoop {
         self.poller.add(fd, key.as_poller_key()).map_err(|e| Error::os(&e, "register with poller"))
     }
 
+    /// Deregisters a source's descriptor (it is about to be replaced) but
+    /// keeps the source on the loop. Call before the descriptor is closed.
+    pub fn unwatch(&self, key: SourceKey) {
+        let fd = lock(&self.sources).take_fd(key);
+        if let Some(fd) = fd {
+            let _ = self.poller.delete(fd);
+        }
+    }
+
     /// Removes a source. Call before its descriptor is closed.
     pub fn detach(&self, key: SourceKey) {
         let removed = lock(&self.sources).remove(key);

@@ -81,6 +81,11 @@ impl Sources {
         }
     }
 
+    /// Forgets the registered descriptor but keeps the slot.
+    pub fn take_fd(&mut self, key: SourceKey) -> Option<RawFd> {
+        self.slot_mut(key).and_then(|s| s.fd.take())
+    }
+
     /// Frees the slot; returns the descriptor that was registered, if any.
     pub fn remove(&mut self, key: SourceKey) -> Option<Option<RawFd>> {
         let index = (key.0 & 0xFFFF_FFFF) as u32;
