@@ -73,6 +73,16 @@ pub(crate) fn input<'a, T>(ptr: *const T, what: &str) -> Result<&'a T> {
     unsafe { ptr.as_ref() }.ok_or_else(|| Error::null(what))
 }
 
+/// Borrows an array the caller vouched for (`n` readable elements).
+pub(crate) fn slice<'a, T>(ptr: *const T, n: usize) -> &'a [T] {
+    if n == 0 {
+        return &[];
+    }
+    // SAFETY: C callers pass `n` readable elements at a non-NULL `ptr`
+    // (checked by the caller) that stay valid for the duration of the call.
+    unsafe { std::slice::from_raw_parts(ptr, n) }
+}
+
 /// Borrows a NUL-terminated UTF-8 string.
 pub(crate) fn c_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
     if ptr.is_null() {

@@ -121,8 +121,7 @@ pub extern "C" fn asock_event_args_set_buffer_list(
             }
             return a.set_buffer_list(None);
         }
-        // SAFETY: the caller gave `n` readable asock_buffer entries.
-        let entries = unsafe { std::slice::from_raw_parts(bufs, n) };
+        let entries = super::slice(bufs, n);
         let mut list = Vec::with_capacity(n);
         for (i, b) in entries.iter().enumerate() {
             if b.data.is_null() && b.len > 0 {

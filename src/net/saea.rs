@@ -434,11 +434,7 @@ impl<N: Completed> EventArgs<N> {
                     g.accept_socket = None;
                 }
             }
-            LastOperation::ReceiveFrom => {
-                if outcome.from.is_some() {
-                    g.remote_endpoint = outcome.from;
-                }
-            }
+            LastOperation::ReceiveFrom if outcome.from.is_some() => g.remote_endpoint = outcome.from,
             _ => {}
         }
         if g.phase == Phase::InCall {
