@@ -83,8 +83,18 @@ class AsyncResult(Handle):
     pass
 
 
+class EventArgs(Handle):
+    pass
+
+
+class EventArgsInfo(Structure):
+    _fields_ = [("last_operation", c_int32), ("socket_error", c_int32), ("bytes_transferred", c_int32),
+                ("accept_socket", Socket), ("remote_endpoint", Endpoint), ("user_token", c_void_p)]
+
+
 POST_CB = CFUNCTYPE(None, c_void_p)
 ASYNC_CB = CFUNCTYPE(None, AsyncResult, c_void_p)
+COMPLETED_CB = CFUNCTYPE(None, Socket, EventArgs, c_void_p)
 TIMER_CB = CFUNCTYPE(None, c_void_p, c_int32)
 TRACE_CB = CFUNCTYPE(None, c_int32, c_char_p, c_char_p, c_void_p)
 
@@ -117,6 +127,7 @@ asock_socket_local_endpoint = _fn("asock_socket_local_endpoint", c_int32, Socket
 asock_socket_set_option = _fn("asock_socket_set_option", c_int32, Socket, c_int32, c_int32)
 asock_socket_get_option = _fn("asock_socket_get_option", c_int32, Socket, c_int32, POINTER(c_int32))
 asock_socket_close = _fn("asock_socket_close", c_int32, Socket)
+asock_socket_set_option_ = _fn("asock_socket_set_option", c_int32, Socket, c_int32, c_int32)
 asock_set_trace = _fn("asock_set_trace", c_int32, TRACE_CB, c_int32, c_void_p)
 
 # Begin/End (section 5)
@@ -138,6 +149,20 @@ asock_async_result_completed_synchronously = _fn("asock_async_result_completed_s
 asock_async_result_state = _fn("asock_async_result_state", c_void_p, AsyncResult)
 asock_async_result_wait = _fn("asock_async_result_wait", c_int32, AsyncResult, c_int32, _P(c_bool))
 asock_socket_shutdown = _fn("asock_socket_shutdown", c_int32, Socket, c_int32)
+
+# SocketAsyncEventArgs (section 6)
+ACCEPT_ADDRESS_BYTES = 288
+OP_ACCEPT = 1
+OPT_ACCEPT_RECEIVE_TIMEOUT_MS = 11
+asock_event_args_new = _fn("asock_event_args_new", c_int32, _P(EventArgs))
+asock_event_args_free = _fn("asock_event_args_free", c_int32, EventArgs)
+asock_event_args_set_buffer = _fn("asock_event_args_set_buffer", c_int32, EventArgs, c_void_p, c_int32, c_int32)
+asock_event_args_set_completed = _fn("asock_event_args_set_completed", c_int32, EventArgs, COMPLETED_CB)
+asock_event_args_set_user_token = _fn("asock_event_args_set_user_token", c_int32, EventArgs, c_void_p)
+asock_event_args_get_info = _fn("asock_event_args_get_info", c_int32, EventArgs, _P(EventArgsInfo))
+asock_event_args_get_accept_endpoints = _fn("asock_event_args_get_accept_endpoints", c_int32, EventArgs,
+                                            _P(Endpoint), _P(Endpoint))
+asock_accept_async = _fn("asock_accept_async", c_int32, Socket, EventArgs, _P(c_bool))
 
 
 # --- Pythonic helpers ----------------------------------------------------------
