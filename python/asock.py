@@ -127,7 +127,6 @@ asock_socket_local_endpoint = _fn("asock_socket_local_endpoint", c_int32, Socket
 asock_socket_set_option = _fn("asock_socket_set_option", c_int32, Socket, c_int32, c_int32)
 asock_socket_get_option = _fn("asock_socket_get_option", c_int32, Socket, c_int32, POINTER(c_int32))
 asock_socket_close = _fn("asock_socket_close", c_int32, Socket)
-asock_socket_set_option_ = _fn("asock_socket_set_option", c_int32, Socket, c_int32, c_int32)
 asock_set_trace = _fn("asock_set_trace", c_int32, TRACE_CB, c_int32, c_void_p)
 
 # Begin/End (section 5)

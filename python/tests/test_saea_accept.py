@@ -98,7 +98,7 @@ def test_accept_with_initial_data_round_trip():
 
 def test_silent_connection_is_reset_after_the_receive_timeout():
     lsock, port = listener()
-    asock.check(asock.asock_socket_set_option_(lsock, asock.OPT_ACCEPT_RECEIVE_TIMEOUT_MS, 150), "set_option")
+    asock.check(asock.asock_socket_set_option(lsock, asock.OPT_ACCEPT_RECEIVE_TIMEOUT_MS, 150), "set_option")
     e = asock.EventArgs()
     asock.check(asock.asock_event_args_new(ctypes.byref(e)), "event_args_new")
     buf = ctypes.create_string_buffer(1024)
