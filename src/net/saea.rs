@@ -320,41 +320,40 @@ impl<N: Completed> EventArgs<N> {
     }
 
     pub fn accept_async(self: &Arc<Self>, listener: &Arc<Socket>, sender: u64) -> Result<bool> {
-        let with_buffer;
-        let into;
-        {
+        // Read the inputs, then let go of the args before touching any
+        // socket: completions take a socket's lock and then the args', so
+        // the args' lock is never held while taking a socket's.
+        let (has_list, buffer_count, into) = {
             let g = self.lock();
-            if listener.is_closed() {
-                return Err(Error::disposed("the listening socket has been closed"));
+            let into = if g.accept_socket_is_input { g.accept_socket.as_ref().map(|(s, _)| s.clone()) } else { None };
+            (g.buffer_list.is_some(), g.buffer.map(|(_, _, count)| count), into)
+        };
+        if listener.is_closed() {
+            return Err(Error::disposed("the listening socket has been closed"));
+        }
+        if has_list {
+            return Err(Error::argument("AcceptAsync does not take a buffer list"));
+        }
+        if let Some(count) = buffer_count {
+            if count < ACCEPT_ADDRESS_BYTES {
+                return Err(Error::argument(format!(
+                    "the accept buffer's count {count} is below the {ACCEPT_ADDRESS_BYTES} bytes the addresses need"
+                )));
             }
-            if g.buffer_list.is_some() {
-                return Err(Error::argument("AcceptAsync does not take a buffer list"));
+        }
+        if !listener.is_listening()? {
+            return Err(Error::invalid_operation("the socket is not listening: call bind and listen first"));
+        }
+        if let Some(target) = &into {
+            if Arc::ptr_eq(target, listener) || target.is_bound_or_connected()? {
+                return Err(Error::invalid_operation("the AcceptSocket is already bound or connected"));
             }
-            with_buffer = g.buffer.is_some();
-            if let Some((_, _, count)) = g.buffer {
-                if count < ACCEPT_ADDRESS_BYTES {
-                    return Err(Error::argument(format!(
-                        "the accept buffer's count {count} is below the {ACCEPT_ADDRESS_BYTES} bytes the addresses need"
-                    )));
-                }
-            }
-            if !listener.is_listening()? {
-                return Err(Error::invalid_operation("the socket is not listening: call bind and listen first"));
-            }
-            into = if g.accept_socket_is_input { g.accept_socket.as_ref().map(|(s, _)| s.clone()) } else { None };
-            if let Some(target) = &into {
-                if Arc::ptr_eq(target, listener) || target.is_bound_or_connected()? {
-                    return Err(Error::invalid_operation("the AcceptSocket is already bound or connected"));
-                }
-                if target.family() != listener.family() || target.socket_type() != listener.socket_type() {
-                    return Err(Error::new(
-                        ASOCK_E_ARGUMENT,
-                        "the AcceptSocket's family or type differs from the listener's",
-                    ));
-                }
+            if target.family() != listener.family() || target.socket_type() != listener.socket_type() {
+                return Err(Error::new(ASOCK_E_ARGUMENT, "the AcceptSocket's family or type differs from the listener's"));
             }
         }
         let timeout_ms = listener.get_option(super::SocketOption::AcceptReceiveTimeoutMs)?;
+        let with_buffer = buffer_count.is_some();
         self.claim(LastOperation::Accept, sender, Stage::Accept { with_buffer, timeout_ms })?;
         let started = listener.start_accept_into(into, self.clone());
         self.settle(started)
@@ -544,7 +543,12 @@ pub fn read_address(slot: &[u8]) -> Option<SocketAddr> {
 }
 
 impl<N: Completed> Sink for EventArgs<N> {
-    fn complete(self: Arc<Self>, outcome: Outcome, _synchronously: bool, event_loop: &EventLoop) {
+    fn complete(self: Arc<Self>, mut outcome: Outcome, _synchronously: bool, event_loop: &EventLoop) {
+        // An accept completes under the listener's lock only, so its new
+        // socket may be asked for its peer — before the args' lock is taken.
+        if let Some(accepted) = &outcome.accepted {
+            outcome.from = accepted.remote_endpoint().ok();
+        }
         let mut g = self.lock();
         match std::mem::replace(&mut g.stage, Stage::None) {
             Stage::Accept { with_buffer: true, timeout_ms } if outcome.error == ASOCK_OK => {
@@ -584,14 +588,7 @@ impl<N: Completed> Sink for EventArgs<N> {
                     Outcome { accepted: Some(accepted), from: endpoints.map(|e| e.1), ..Outcome::ok(outcome.bytes) };
                 self.clone().finish(g, outcome, event_loop);
             }
-            Stage::Accept { .. } => {
-                // Runs under the listener's lock only, so the accepted
-                // socket may be asked for its peer.
-                let mut outcome = outcome;
-                outcome.from = outcome.accepted.as_ref().and_then(|s| s.remote_endpoint().ok());
-                self.clone().finish(g, outcome, event_loop);
-            }
-            Stage::None => {
+            Stage::Accept { .. } | Stage::None => {
                 let outcome = if outcome.error == crate::error::ASOCK_E_OBJECT_DISPOSED {
                     Outcome::failed(ASOCK_OPERATION_ABORTED, outcome.bytes)
                 } else {
