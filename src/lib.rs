@@ -12,4 +12,5 @@ pub mod ffi;
 pub mod handle;
 pub mod net;
 pub mod runtime;
+pub mod smtp;
 pub mod trace;

@@ -349,7 +349,10 @@ impl<N: Completed> EventArgs<N> {
                 return Err(Error::invalid_operation("the AcceptSocket is already bound or connected"));
             }
             if target.family() != listener.family() || target.socket_type() != listener.socket_type() {
-                return Err(Error::new(ASOCK_E_ARGUMENT, "the AcceptSocket's family or type differs from the listener's"));
+                return Err(Error::new(
+                    ASOCK_E_ARGUMENT,
+                    "the AcceptSocket's family or type differs from the listener's",
+                ));
             }
         }
         let timeout_ms = listener.get_option(super::SocketOption::AcceptReceiveTimeoutMs)?;
