@@ -350,21 +350,37 @@ fn send_list(
 }
 
 fn receive_list(sock: &Sock2, owner: &Socket, flags: i32, want_from: bool, bufs: &[UserBuf]) -> Step {
-    let mut iov = iovecs_after(bufs, 0);
-    let capacity: usize = iov.iter().map(|v| v.iov_len).sum();
+    let total: usize = bufs.iter().map(|b| b.len).sum();
+    let stream = owner.is_stream();
+    let mut done = 0;
     loop {
+        // A call takes at most IOV_MAX buffers; a stream read that filled
+        // them all goes on with the next ones while data is there.
+        let mut iov = iovecs_after(bufs, done);
+        let asked: usize = iov.iter().map(|v| v.iov_len).sum();
         match recvmsg_iov(sock, &mut iov, flags, want_from) {
             Ok((n, truncated, from)) => {
-                let mut outcome = Outcome::ok(n);
+                done += n;
+                if stream && n == asked && n > 0 && done < total {
+                    continue;
+                }
+                let mut outcome = Outcome::ok(done);
                 outcome.from = from;
-                if truncated && !owner.is_stream() {
+                if truncated && !stream {
                     outcome.error = ASOCK_MESSAGE_SIZE;
-                    outcome.bytes = capacity;
+                    outcome.bytes = asked;
                 }
                 return Step::Done(outcome);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if would_block(&e) => return Step::WouldBlock,
+            Err(e) if would_block(&e) => {
+                return if done > 0 { Step::Done(Outcome::ok(done)) } else { Step::WouldBlock };
+            }
+            Err(e) if done > 0 => {
+                // Report the data first; the error shows on the next call.
+                let _ = e;
+                return Step::Done(Outcome::ok(done));
+            }
             Err(e) => return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0)),
         }
     }

@@ -101,8 +101,18 @@ impl Io {
     }
 }
 
+/// Something that must hear when a socket closes although it has nothing
+/// queued on it: an accept in its second stage (AcceptEx's first-data wait)
+/// belongs to the listener but waits on the accepted socket.
+pub trait Dependent: Send + Sync {
+    fn owner_closed(&self);
+}
+
 pub struct Socket {
     number: u64,
+    /// Kept apart from `state`: registered under the listener's state lock,
+    /// notified after `close` has released it.
+    dependents: Mutex<Vec<std::sync::Weak<dyn Dependent>>>,
     event_loop: Arc<EventLoop>,
     family: AddressFamily,
     kind: SocketType,
@@ -426,6 +436,10 @@ impl Socket {
         // callbacks of this socket stay in order.
         let aborted = self.abort_queued(&mut st);
         drop(st);
+        let dependents = std::mem::take(&mut *self.dependents.lock().unwrap_or_else(|p| p.into_inner()));
+        for d in dependents.iter().filter_map(std::sync::Weak::upgrade) {
+            d.owner_closed();
+        }
         trace!(LEVEL_INFO, "socket", "socket {} closed ({aborted} pending operations aborted)", self.number);
         Ok(())
     }
@@ -449,6 +463,7 @@ impl Socket {
     ) -> Result<Arc<Socket>> {
         let socket = Arc::new(Socket {
             number: NEXT_SOCKET_NUMBER.fetch_add(1, Ordering::Relaxed),
+            dependents: Mutex::new(Vec::new()),
             event_loop: event_loop.clone(),
             family,
             kind,
@@ -584,13 +599,51 @@ impl Socket {
         Ok(())
     }
 
-    /// Resets the connection (SO_LINGER 0, then close): the peer sees a
-    /// reset, not an orderly end.
-    pub fn reset(&self) -> Result<()> {
-        if let Some(sock) = lock(&self.state).sock.as_ref() {
-            let _ = sock.set_linger(Some(Duration::ZERO));
+    pub(crate) fn add_dependent(&self, d: std::sync::Weak<dyn Dependent>) {
+        let mut list = self.dependents.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(d);
+    }
+
+    /// Forgets the dependent whose data pointer is `ptr`.
+    pub(crate) fn remove_dependent(&self, ptr: *const ()) {
+        let mut list = self.dependents.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|w| w.strong_count() > 0 && !std::ptr::addr_eq(w.as_ptr(), ptr));
+    }
+
+    /// Resets the connection (SO_LINGER 0: the peer sees a reset) and gives
+    /// the socket a fresh, unbound descriptor, so an AcceptSocket stays
+    /// usable for the next accept. Queued operations are aborted.
+    pub fn reset_connection(&self) {
+        let fresh = Socket::raw(self.family, self.kind, self.protocol);
+        let mut st = lock(&self.state);
+        let Some(sock) = st.sock.as_ref() else {
+            return;
+        };
+        let _ = sock.set_linger(Some(Duration::ZERO));
+        self.abort_queued(&mut st);
+        match fresh {
+            Ok(fresh) => self.replace_descriptor(&mut st, fresh),
+            Err(_) => {
+                // No descriptor to be had: close instead (still a reset).
+                if let Some(key) = self.key.get() {
+                    self.event_loop.detach(*key);
+                }
+                st.sock = None;
+            }
         }
-        self.close()
+        trace!(LEVEL_INFO, "socket", "socket {}: connection reset", self.number);
+    }
+
+    /// Refuses to connect a connected socket (.NET: IsConnected). Linux
+    /// would let a second connect after a completed one return 0.
+    fn check_not_connected(&self) -> Result<()> {
+        let st = lock(&self.state);
+        let sock = st.sock.as_ref().ok_or_else(|| self.disposed())?;
+        if sock.peer_addr().is_ok() {
+            return Err(Error::new(crate::error::ASOCK_IS_CONNECTED, "the socket is already connected"));
+        }
+        Ok(())
     }
 
     /// Begins a send (`to`: a send-to destination).
@@ -665,6 +718,7 @@ impl Socket {
         if self.is_listening()? {
             return Err(Error::invalid_operation(format!("socket {} is listening and cannot connect", self.number)));
         }
+        self.check_not_connected()?;
         if targets.is_empty() {
             return Err(Error::argument("no endpoint to connect to"));
         }
@@ -679,6 +733,7 @@ impl Socket {
         if self.is_listening()? {
             return Err(Error::invalid_operation(format!("socket {} is listening and cannot connect", self.number)));
         }
+        self.check_not_connected()?;
         let mut req = Request::new(OpKind::Connect, UserBuf::EMPTY, 0, None, sink.clone());
         req.connect = Some(Box::new(ConnectPlan { resolving: true, ..Default::default() }));
         self.submit(req)?;
