@@ -195,14 +195,16 @@ impl<N: Notify> AsyncResult<N> {
     /// for a disposed socket.
     pub fn end(self: Arc<Self>) -> Result<Outcome> {
         self.wait(None)?;
-        let result = {
+        let (outcome, socket) = {
             let mut inner = self.lock();
             inner.ended = true;
-            let outcome = inner.outcome.take().unwrap_or_else(Outcome::aborted);
-            match &inner.socket {
-                Some(s) if s.is_closed() => Err(Error::disposed(format!("socket {} has been closed", s.number()))),
-                _ => Ok(outcome),
-            }
+            (inner.outcome.take().unwrap_or_else(Outcome::aborted), inner.socket.clone())
+        };
+        // Asked with the result's lock released: completions take the
+        // socket's lock and then the result's, never the other way round.
+        let result = match socket {
+            Some(s) if s.is_closed() => Err(Error::disposed(format!("socket {} has been closed", s.number()))),
+            _ => Ok(outcome),
         };
         self.pool.give(self);
         result
