@@ -222,7 +222,9 @@ fn receive(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
         match recvmsg(sock, req.buf, req.flags, want_from) {
             Ok((n, truncated, from)) => {
                 let mut outcome = Outcome::ok(n);
-                outcome.from = from;
+                // A stream socket's recvmsg names no sender: it is the peer.
+                outcome.from =
+                    if want_from && from.is_none() { sock.peer_addr().ok().and_then(|a| a.as_socket()) } else { from };
                 if truncated && !owner.is_stream() {
                     // .NET: the buffer holds the datagram's first bytes and
                     // the operation fails with MessageSize.

@@ -498,7 +498,10 @@ impl Socket {
             Direction::In => (&mut io.inbound, &mut io.read_ready),
             Direction::Out => (&mut io.outbound, &mut io.write_ready),
         };
-        if queue.is_empty() && *ready && !req.is_resolving() {
+        // A connect that has not started needs no readiness: connect() is
+        // what will produce the next edge.
+        let may_try = *ready || (req.kind == OpKind::Connect && !req.is_resolving());
+        if queue.is_empty() && may_try && !req.is_resolving() {
             match io::attempt(sock, self, &mut req) {
                 Step::Done(outcome) => {
                     self.trace_completion(req.kind, &outcome, true);
@@ -619,6 +622,9 @@ impl Socket {
                 self.trace_completion(req.kind, &Outcome::failed(e.code(), 0), false);
                 req.sink.complete(Outcome::failed(e.code(), 0), false, &self.event_loop);
                 if pos == 0 {
+                    // Nothing was sent for the removed connect, so what is
+                    // known of readiness is stale: let the next one try.
+                    io.write_ready = true;
                     self.drain(sock, &mut io.outbound, &mut io.write_ready);
                 }
             }
