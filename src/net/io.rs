@@ -153,6 +153,12 @@ pub fn socket_flags(flags: i32) -> crate::error::Result<i32> {
 
 pub(crate) enum Step {
     Done(Outcome),
+    /// Done, and a stream receive took less than it asked for: the socket
+    /// is very likely empty, so the next receive waits for an edge rather
+    /// than making a system call that would fail. (On Linux every arrival
+    /// raises a new edge, so nothing is missed; mio and libuv rely on the
+    /// same rule.)
+    Drained(Outcome),
     /// Some progress, then would-block: the direction is not ready.
     Partial,
     WouldBlock,
@@ -231,7 +237,8 @@ fn receive(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
                     outcome.error = ASOCK_MESSAGE_SIZE;
                     outcome.bytes = req.buf.len;
                 }
-                return Step::Done(outcome);
+                let short = owner.is_stream() && n > 0 && n < req.buf.len && req.flags & libc::MSG_PEEK == 0;
+                return if short { Step::Drained(outcome) } else { Step::Done(outcome) };
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if would_block(&e) => return Step::WouldBlock,
