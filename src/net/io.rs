@@ -159,6 +159,12 @@ pub fn socket_flags(flags: i32) -> crate::error::Result<i32> {
 
 pub(crate) enum Step {
     Done(Outcome),
+    /// Done, and a stream receive took less than it asked for: the socket
+    /// is very likely empty, so the next receive waits for an edge rather
+    /// than making a system call that would fail. (On Linux every arrival
+    /// raises a new edge, so nothing is missed; mio and libuv rely on the
+    /// same rule.)
+    Drained(Outcome),
     /// Some progress, then would-block: the direction is not ready.
     Partial,
     WouldBlock,
@@ -234,14 +240,17 @@ fn receive(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
         match recvmsg(sock, req.buf, req.flags, want_from) {
             Ok((n, truncated, from)) => {
                 let mut outcome = Outcome::ok(n);
-                outcome.from = from;
+                // A stream socket's recvmsg names no sender: it is the peer.
+                outcome.from =
+                    if want_from && from.is_none() { sock.peer_addr().ok().and_then(|a| a.as_socket()) } else { from };
                 if truncated && !owner.is_stream() {
                     // .NET: the buffer holds the datagram's first bytes and
                     // the operation fails with MessageSize.
                     outcome.error = ASOCK_MESSAGE_SIZE;
                     outcome.bytes = req.buf.len;
                 }
-                return Step::Done(outcome);
+                let short = owner.is_stream() && n > 0 && n < req.buf.len && req.flags & libc::MSG_PEEK == 0;
+                return if short { Step::Drained(outcome) } else { Step::Done(outcome) };
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if would_block(&e) => return Step::WouldBlock,

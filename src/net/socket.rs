@@ -87,6 +87,10 @@ struct Io {
     write_ready: bool,
     /// Registered with the poller (done once, at the first would-block).
     registered: bool,
+    /// An edge reported the peer's end (or an error): a short read no
+    /// longer means "empty", since the end itself is still to be read and
+    /// no further edge will announce it.
+    read_closed: bool,
 }
 
 impl Io {
@@ -97,6 +101,7 @@ impl Io {
             read_ready: true,
             write_ready: true,
             registered: false,
+            read_closed: false,
         }
     }
 }
@@ -423,13 +428,24 @@ impl Socket {
     /// Dispose: closes the descriptor and completes every queued operation
     /// with `OperationAborted`. A second close is `ObjectDisposed`.
     pub fn close(&self) -> Result<()> {
+        if self.close_quietly() {
+            Ok(())
+        } else {
+            Err(self.disposed())
+        }
+    }
+
+    /// Closes if open; false if it already was (no error is built, so
+    /// dropping a closed socket costs nothing).
+    fn close_quietly(&self) -> bool {
         let mut st = lock(&self.state);
         let Some(sock) = st.sock.take() else {
-            return Err(self.disposed());
+            return false;
         };
         if let Some(key) = self.key.get() {
-            // Deregister before the descriptor number can be reused.
-            self.event_loop.detach(*key);
+            // Closing the descriptor removes it from epoll; the slot's
+            // generation bump is what keeps stale events away.
+            self.event_loop.detach_closing(*key);
         }
         drop(sock);
         // Completed under the lock, like every other completion, so the
@@ -441,7 +457,7 @@ impl Socket {
             d.owner_closed();
         }
         trace!(LEVEL_INFO, "socket", "socket {} closed ({aborted} pending operations aborted)", self.number);
-        Ok(())
+        true
     }
 
     pub(crate) fn is_stream(&self) -> bool {
@@ -498,11 +514,18 @@ impl Socket {
             Direction::In => (&mut io.inbound, &mut io.read_ready),
             Direction::Out => (&mut io.outbound, &mut io.write_ready),
         };
-        if queue.is_empty() && *ready && !req.is_resolving() {
+        // A connect that has not started needs no readiness: connect() is
+        // what will produce the next edge.
+        let may_try = *ready || (req.kind == OpKind::Connect && !req.is_resolving());
+        if queue.is_empty() && may_try && !req.is_resolving() {
             match io::attempt(sock, self, &mut req) {
                 Step::Done(outcome) => {
-                    self.trace_completion(req.kind, &outcome, true);
-                    req.sink.complete(outcome, true, &self.event_loop);
+                    self.finish_request(req, outcome, true);
+                    return Ok(());
+                }
+                Step::Drained(outcome) => {
+                    *ready = io.read_closed;
+                    self.finish_request(req, outcome, true);
                     return Ok(());
                 }
                 Step::Partial | Step::WouldBlock => *ready = false,
@@ -568,6 +591,7 @@ impl Socket {
         st.io.registered = false;
         st.io.read_ready = true;
         st.io.write_ready = true;
+        st.io.read_closed = false;
         st.listening = false;
         st.sock = Some(new);
     }
@@ -762,7 +786,7 @@ impl Socket {
                 }
                 if pos == 0 {
                     // A connect does not wait for readiness to start.
-                    self.drain(sock, &mut io.outbound, &mut io.write_ready);
+                    self.drain(sock, &mut io.outbound, &mut io.write_ready, false);
                 }
             }
             Err(e) => {
@@ -770,7 +794,10 @@ impl Socket {
                 self.trace_completion(req.kind, &Outcome::failed(e.code(), 0), false);
                 req.sink.complete(Outcome::failed(e.code(), 0), false, &self.event_loop);
                 if pos == 0 {
-                    self.drain(sock, &mut io.outbound, &mut io.write_ready);
+                    // Nothing was sent for the removed connect, so what is
+                    // known of readiness is stale: let the next one try.
+                    io.write_ready = true;
+                    self.drain(sock, &mut io.outbound, &mut io.write_ready, false);
                 }
             }
         }
@@ -797,14 +824,22 @@ impl Socket {
         }
     }
 
-    /// Runs queued operations of one direction until one would block.
-    fn drain(&self, sock: &Sock2, queue: &mut std::collections::VecDeque<Request>, ready: &mut bool) {
+    /// Runs queued operations of one direction until one would block (or a
+    /// short stream read says the socket is empty).
+    fn drain(&self, sock: &Sock2, queue: &mut std::collections::VecDeque<Request>, ready: &mut bool, closed: bool) {
         while let Some(front) = queue.front_mut() {
             match io::attempt(sock, self, front) {
                 Step::Done(outcome) => {
                     let req = queue.pop_front().expect("front exists");
-                    self.trace_completion(req.kind, &outcome, false);
-                    req.sink.complete(outcome, false, &self.event_loop);
+                    self.finish_request(req, outcome, false);
+                }
+                Step::Drained(outcome) => {
+                    let req = queue.pop_front().expect("front exists");
+                    self.finish_request(req, outcome, false);
+                    if !closed {
+                        *ready = false;
+                        return;
+                    }
                 }
                 Step::Partial | Step::WouldBlock => {
                     *ready = false;
@@ -813,22 +848,29 @@ impl Socket {
             }
         }
     }
+
+    /// Hands a finished request's outcome to its sink (under the lock).
+    fn finish_request(&self, req: Request, outcome: Outcome, synchronously: bool) {
+        self.trace_completion(req.kind, &outcome, synchronously);
+        req.sink.complete(outcome, synchronously, &self.event_loop);
+    }
 }
 
 impl Source for Socket {
-    fn on_ready(&self, readable: bool, writable: bool) {
+    fn on_ready(&self, readable: bool, writable: bool, hangup: bool) {
         let mut st = lock(&self.state);
         let State { sock, io, .. } = &mut *st;
         let Some(sock) = sock.as_ref() else {
             return;
         };
+        io.read_closed |= hangup;
         if readable {
             io.read_ready = true;
-            self.drain(sock, &mut io.inbound, &mut io.read_ready);
+            self.drain(sock, &mut io.inbound, &mut io.read_ready, io.read_closed);
         }
         if writable {
             io.write_ready = true;
-            self.drain(sock, &mut io.outbound, &mut io.write_ready);
+            self.drain(sock, &mut io.outbound, &mut io.write_ready, false);
         }
     }
 
@@ -841,7 +883,7 @@ impl Drop for Socket {
     fn drop(&mut self) {
         // An accepted connection nobody took, or a socket whose last handle
         // went away: close it the normal way (a no-op if already closed).
-        let _ = self.close();
+        self.close_quietly();
     }
 }
 
