@@ -646,7 +646,10 @@ asock_error asock_loop_run(struct asock_loop l);
  Runs one turn of the loop on the calling thread: waits up to `timeout_ms`
  (0: do not wait; -1: until something happens) for events, then runs
  every callback that is due. `*out_dispatched` (may be NULL) receives the
- number of callbacks run. Same restrictions as `asock_loop_run`.
+ number of callbacks run. Same restrictions as `asock_loop_run`. The
+ calling thread is the loop's thread only during the call: between turns,
+ a blocking End on one of the loop's operations from that thread waits
+ for a turn nobody will run — drive the loop, or use a bounded wait.
  */
 asock_error asock_loop_run_once(struct asock_loop l, int32_t timeout_ms, uint32_t *out_dispatched);
 

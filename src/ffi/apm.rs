@@ -154,7 +154,8 @@ fn end_count(
             if outcome.error != ASOCK_OK {
                 let detail = format!("{name}: {}", crate::error::description(outcome.error));
                 code = fail(&Error::new(outcome.error, detail));
-                return Ok(if outcome.bytes > 0 && kinds.contains(&OpKind::Send) { outcome.bytes as i32 } else { -1 });
+                let sends = kinds.contains(&OpKind::Send) || kinds.contains(&OpKind::SendTo);
+                return Ok(if outcome.bytes > 0 && sends { outcome.bytes as i32 } else { -1 });
             }
             if let (Some(p), Some(addr)) = (from, outcome.from) {
                 *out(p, "out_from")? = endpoint::to_c(&addr);

@@ -46,7 +46,10 @@ pub extern "C" fn asock_loop_run(l: asock_loop) -> asock_error {
 /// Runs one turn of the loop on the calling thread: waits up to `timeout_ms`
 /// (0: do not wait; -1: until something happens) for events, then runs
 /// every callback that is due. `*out_dispatched` (may be NULL) receives the
-/// number of callbacks run. Same restrictions as `asock_loop_run`.
+/// number of callbacks run. Same restrictions as `asock_loop_run`. The
+/// calling thread is the loop's thread only during the call: between turns,
+/// a blocking End on one of the loop's operations from that thread waits
+/// for a turn nobody will run — drive the loop, or use a bounded wait.
 #[no_mangle]
 pub extern "C" fn asock_loop_run_once(l: asock_loop, timeout_ms: i32, out_dispatched: *mut u32) -> asock_error {
     guard(|| {

@@ -40,10 +40,10 @@ impl Completed for CCompleted {
             // thread with the token they set, as documented.
             unsafe { f(asock_socket { id: sender }, asock_event_args { id: args }, user_token as *mut c_void) }
         }
-        // A free asked for while the operation ran takes effect now.
-        if ARGS.get(args).is_ok_and(|a| a.free_due()) {
-            let _ = ARGS.remove(args);
-        }
+    }
+
+    fn released(&self, args: u64) {
+        let _ = ARGS.remove(args);
     }
 }
 
@@ -186,16 +186,8 @@ pub extern "C" fn asock_event_args_get_info(e: asock_event_args, out_info: *mut 
         let out_info = out(out_info, "out")?;
         let a = args(e)?;
         let info = a.info();
-        let accept_socket = match info.accept_socket {
-            Some((_, id)) if id != 0 => asock_socket { id },
-            Some((sock, _)) => {
-                // An accepted socket gets its handle when first asked for.
-                let id = SOCKETS.insert(sock);
-                a.set_accept_socket_id(id);
-                asock_socket { id }
-            }
-            None => asock_socket { id: 0 },
-        };
+        // An accepted socket gets its handle when first asked for.
+        let accept_socket = asock_socket { id: a.accept_socket_id(|sock| SOCKETS.insert(sock)) };
         *out_info = asock_event_args_info {
             last_operation: info.last_operation as i32,
             socket_error: info.socket_error,

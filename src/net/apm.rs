@@ -12,7 +12,7 @@ use super::io::{OpKind, Outcome, Sink};
 use super::socket::Socket;
 use crate::error::{Error, Result};
 use crate::runtime::{Deliver, EventLoop};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,11 @@ struct Inner<N> {
 
 pub struct AsyncResult<N: Notify> {
     id: AtomicU64,
+    /// Parties still to finish with the result: End, and the callback's
+    /// delivery when there is a callback. The last one returns it to the
+    /// pool (a check of the reference count instead would race: each side
+    /// may see the other's reference not yet dropped).
+    holders: AtomicU8,
     pool: &'static Pool<N>,
     inner: Mutex<Inner<N>>,
     done: Condvar,
@@ -65,6 +70,7 @@ impl<N: Notify> Pool<N> {
         }
         Arc::new(AsyncResult {
             id: AtomicU64::new(0),
+            holders: AtomicU8::new(0),
             pool: self,
             inner: Mutex::new(Inner {
                 kind: OpKind::Send,
@@ -81,11 +87,9 @@ impl<N: Notify> Pool<N> {
         })
     }
 
-    /// Takes back a result nobody else references any more.
+    /// Takes back a result every party has finished with. A queue may
+    /// still drop its clone a moment later; it no longer looks inside.
     fn give(&self, ar: Arc<AsyncResult<N>>) {
-        if Arc::strong_count(&ar) != 1 {
-            return;
-        }
         {
             let mut inner = ar.lock();
             inner.socket = None;
@@ -120,6 +124,7 @@ impl<N: Notify> AsyncResult<N> {
 
     /// Prepares a (fresh or recycled) result for a new operation.
     pub fn start(&self, kind: OpKind, socket: Arc<Socket>, callback: Option<N>, user_state: usize) {
+        self.holders.store(1 + callback.is_some() as u8, Ordering::Release);
         let mut inner = self.lock();
         *inner = Inner {
             kind,
@@ -195,17 +200,26 @@ impl<N: Notify> AsyncResult<N> {
     /// for a disposed socket.
     pub fn end(self: Arc<Self>) -> Result<Outcome> {
         self.wait(None)?;
-        let result = {
+        let (outcome, socket) = {
             let mut inner = self.lock();
             inner.ended = true;
-            let outcome = inner.outcome.take().unwrap_or_else(Outcome::aborted);
-            match &inner.socket {
-                Some(s) if s.is_closed() => Err(Error::disposed(format!("socket {} has been closed", s.number()))),
-                _ => Ok(outcome),
-            }
+            (inner.outcome.take().unwrap_or_else(Outcome::aborted), inner.socket.clone())
         };
-        self.pool.give(self);
+        // Asked with the result's lock released: completions take the
+        // socket's lock and then the result's, never the other way round.
+        let result = match socket {
+            Some(s) if s.is_closed() => Err(Error::disposed(format!("socket {} has been closed", s.number()))),
+            _ => Ok(outcome),
+        };
+        self.release();
         result
+    }
+
+    /// One party is done; the last one recycles the result.
+    fn release(self: Arc<Self>) {
+        if self.holders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.pool.give(self);
+        }
     }
 }
 
@@ -243,9 +257,6 @@ impl<N: Notify> Deliver for AsyncResult<N> {
         if let Some(cb) = callback {
             cb.notify(self.id.load(Ordering::Acquire));
         }
-        let ended = self.lock().ended;
-        if ended {
-            self.pool.give(self);
-        }
+        self.release();
     }
 }

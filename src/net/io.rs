@@ -159,6 +159,12 @@ pub fn socket_flags(flags: i32) -> crate::error::Result<i32> {
 
 pub(crate) enum Step {
     Done(Outcome),
+    /// Done, and a stream receive took less than it asked for: the socket
+    /// is very likely empty, so the next receive waits for an edge rather
+    /// than making a system call that would fail. (On Linux every arrival
+    /// raises a new edge, so nothing is missed; mio and libuv rely on the
+    /// same rule.)
+    Drained(Outcome),
     /// Some progress, then would-block: the direction is not ready.
     Partial,
     WouldBlock,
@@ -234,14 +240,17 @@ fn receive(sock: &Sock2, owner: &Socket, req: &mut Request) -> Step {
         match recvmsg(sock, req.buf, req.flags, want_from) {
             Ok((n, truncated, from)) => {
                 let mut outcome = Outcome::ok(n);
-                outcome.from = from;
+                // A stream socket's recvmsg names no sender: it is the peer.
+                outcome.from =
+                    if want_from && from.is_none() { sock.peer_addr().ok().and_then(|a| a.as_socket()) } else { from };
                 if truncated && !owner.is_stream() {
                     // .NET: the buffer holds the datagram's first bytes and
                     // the operation fails with MessageSize.
                     outcome.error = ASOCK_MESSAGE_SIZE;
                     outcome.bytes = req.buf.len;
                 }
-                return Step::Done(outcome);
+                let short = owner.is_stream() && n > 0 && n < req.buf.len && req.flags & libc::MSG_PEEK == 0;
+                return if short { Step::Drained(outcome) } else { Step::Done(outcome) };
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if would_block(&e) => return Step::WouldBlock,
@@ -350,21 +359,37 @@ fn send_list(
 }
 
 fn receive_list(sock: &Sock2, owner: &Socket, flags: i32, want_from: bool, bufs: &[UserBuf]) -> Step {
-    let mut iov = iovecs_after(bufs, 0);
-    let capacity: usize = iov.iter().map(|v| v.iov_len).sum();
+    let total: usize = bufs.iter().map(|b| b.len).sum();
+    let stream = owner.is_stream();
+    let mut done = 0;
     loop {
+        // A call takes at most IOV_MAX buffers; a stream read that filled
+        // them all goes on with the next ones while data is there.
+        let mut iov = iovecs_after(bufs, done);
+        let asked: usize = iov.iter().map(|v| v.iov_len).sum();
         match recvmsg_iov(sock, &mut iov, flags, want_from) {
             Ok((n, truncated, from)) => {
-                let mut outcome = Outcome::ok(n);
+                done += n;
+                if stream && n == asked && n > 0 && done < total {
+                    continue;
+                }
+                let mut outcome = Outcome::ok(done);
                 outcome.from = from;
-                if truncated && !owner.is_stream() {
+                if truncated && !stream {
                     outcome.error = ASOCK_MESSAGE_SIZE;
-                    outcome.bytes = capacity;
+                    outcome.bytes = asked;
                 }
                 return Step::Done(outcome);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if would_block(&e) => return Step::WouldBlock,
+            Err(e) if would_block(&e) => {
+                return if done > 0 { Step::Done(Outcome::ok(done)) } else { Step::WouldBlock };
+            }
+            Err(e) if done > 0 => {
+                // Report the data first; the error shows on the next call.
+                let _ = e;
+                return Step::Done(Outcome::ok(done));
+            }
             Err(e) => return Step::Done(Outcome::failed(from_errno(errno_of(&e)), 0)),
         }
     }

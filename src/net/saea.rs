@@ -16,7 +16,7 @@
 //! receive of the first data on the accepted socket, raced against a timer.
 
 use super::io::{socket_flags, Outcome, Sink, UserBuf};
-use super::socket::Socket;
+use super::socket::{Dependent, Socket};
 use crate::error::{Error, Result, ASOCK_CONNECTION_RESET, ASOCK_E_ARGUMENT, ASOCK_OK, ASOCK_OPERATION_ABORTED};
 use crate::runtime::{Deliver, EventLoop, TimerId, TimerOutcome};
 use std::net::SocketAddr;
@@ -33,6 +33,8 @@ const ADDRESS_SLOT: usize = ACCEPT_ADDRESS_BYTES / 2;
 /// embedding layer gave the socket and the args.
 pub trait Completed: Clone + Default + Send + Sync + 'static {
     fn completed(&self, sender: u64, args: u64, user_token: usize);
+    /// The args were freed while in use and are now done with: drop them.
+    fn released(&self, args: u64);
 }
 
 /// .NET SocketAsyncOperation.
@@ -64,6 +66,7 @@ enum Phase {
 enum Stage {
     None,
     Accept {
+        listener: Arc<Socket>,
         with_buffer: bool,
         timeout_ms: i32,
     },
@@ -71,11 +74,21 @@ enum Stage {
     /// are read when the accept completes: the receive's completion runs
     /// under the accepted socket's lock and must not call into it.
     AcceptReceive {
+        listener: Arc<Socket>,
         accepted: Arc<Socket>,
         endpoints: Option<(SocketAddr, SocketAddr)>,
         timer: Option<(Arc<EventLoop>, TimerId)>,
-        timed_out: bool,
+        /// Why asock ended the wait itself, if it did.
+        ended_by: Option<EndedBy>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EndedBy {
+    /// No data within the listener's accept receive timeout.
+    Timeout,
+    /// The listener was closed.
+    ListenerClosed,
 }
 
 /// The results an application reads back (SocketAsyncEventArgs'
@@ -113,6 +126,9 @@ struct Inner<N> {
     bytes: usize,
     accept_endpoints: Option<(SocketAddr, SocketAddr)>,
     free_requested: bool,
+    /// Callbacks queued and not yet returned: a free waits for them, so a
+    /// callback can always read its args.
+    deliveries: u32,
 }
 
 pub struct EventArgs<N: Completed> {
@@ -142,6 +158,7 @@ impl<N: Completed> EventArgs<N> {
                 bytes: 0,
                 accept_endpoints: None,
                 free_requested: false,
+                deliveries: 0,
             }),
         })
     }
@@ -212,10 +229,18 @@ impl<N: Completed> EventArgs<N> {
         Ok(())
     }
 
-    /// Records the id the embedding layer gave an accepted socket.
-    pub fn set_accept_socket_id(&self, id: u64) {
-        if let Some(entry) = self.lock().accept_socket.as_mut() {
-            entry.1 = id;
+    /// The id of the AcceptSocket, giving one (through `register`) to a
+    /// socket an accept made the first time it is asked for, under the
+    /// args' lock so two readers cannot register it twice. 0: none.
+    pub fn accept_socket_id(&self, register: impl FnOnce(Arc<Socket>) -> u64) -> u64 {
+        let mut g = self.lock();
+        match g.accept_socket.as_mut() {
+            Some((_, id)) if *id != 0 => *id,
+            Some((sock, id)) => {
+                *id = register(sock.clone());
+                *id
+            }
+            None => 0,
         }
     }
 
@@ -258,13 +283,13 @@ impl<N: Completed> EventArgs<N> {
             return Err(Error::disposed("these event args have already been freed"));
         }
         g.free_requested = true;
-        Ok(g.phase == Phase::Idle)
+        Ok(g.phase == Phase::Idle && g.deliveries == 0)
     }
 
     /// Whether a deferred free is due (the args went idle).
     pub fn free_due(&self) -> bool {
         let g = self.lock();
-        g.free_requested && g.phase == Phase::Idle
+        g.free_requested && g.phase == Phase::Idle && g.deliveries == 0
     }
 
     pub fn is_in_use(&self) -> bool {
@@ -357,7 +382,8 @@ impl<N: Completed> EventArgs<N> {
         }
         let timeout_ms = listener.get_option(super::SocketOption::AcceptReceiveTimeoutMs)?;
         let with_buffer = buffer_count.is_some();
-        self.claim(LastOperation::Accept, sender, Stage::Accept { with_buffer, timeout_ms })?;
+        let stage = Stage::Accept { listener: listener.clone(), with_buffer, timeout_ms };
+        self.claim(LastOperation::Accept, sender, stage)?;
         let started = listener.start_accept_into(into, self.clone());
         self.settle(started)
     }
@@ -389,8 +415,15 @@ impl<N: Completed> EventArgs<N> {
     pub fn receive_async(self: &Arc<Self>, socket: &Arc<Socket>, sender: u64, with_sender: bool) -> Result<bool> {
         let (buf, list, flags) = {
             let g = self.lock();
-            if with_sender && g.remote_endpoint.is_none() {
-                return Err(Error::null("the event args' remote endpoint (ReceiveFromAsync needs one for its family)"));
+            if with_sender {
+                let ep = g.remote_endpoint.ok_or_else(|| {
+                    Error::null("the event args' remote endpoint (ReceiveFromAsync needs one for its family)")
+                })?;
+                if super::AddressFamily::of(&ep) != socket.family() {
+                    return Err(Error::argument(
+                        "the event args' remote endpoint is not of the socket's address family",
+                    ));
+                }
             }
             let (buf, list) = Self::io_buffers(&g);
             (buf, list, g.msg_flags)
@@ -444,13 +477,15 @@ impl<N: Completed> EventArgs<N> {
             return;
         }
         g.phase = Phase::Idle;
+        g.deliveries += 1;
         drop(g);
         // Cannot fail: a loop is sealed only after its sockets closed.
         let _ = event_loop.deliver(self);
     }
 
-    /// AcceptEx's second stage: the accepted socket's first data.
-    fn start_accept_receive(self: Arc<Self>, accepted: Arc<Socket>, timeout_ms: i32) {
+    /// AcceptEx's second stage: the accepted socket's first data. Runs
+    /// under the listener's lock (inside the accept's completion).
+    fn start_accept_receive(self: Arc<Self>, listener: Arc<Socket>, accepted: Arc<Socket>, timeout_ms: i32) {
         let endpoints = match (accepted.local_endpoint(), accepted.remote_endpoint()) {
             (Ok(l), Ok(r)) => Some((l, r)),
             _ => None,
@@ -460,14 +495,22 @@ impl<N: Completed> EventArgs<N> {
             let Some((base, offset, count)) = g.buffer else {
                 return;
             };
-            g.stage = Stage::AcceptReceive { accepted: accepted.clone(), endpoints, timer: None, timed_out: false };
+            g.stage = Stage::AcceptReceive {
+                listener: listener.clone(),
+                accepted: accepted.clone(),
+                endpoints,
+                timer: None,
+                ended_by: None,
+            };
             // SAFETY: within the caller's buffer (SetBuffer rule).
             (UserBuf { ptr: unsafe { base.ptr.add(offset) }, len: count - ACCEPT_ADDRESS_BYTES }, g.seq)
         };
+        // Closing the listener must end this accept too (section 3).
+        listener.add_dependent(Arc::downgrade(&self) as std::sync::Weak<dyn Dependent>);
         if let Err(e) = accepted.start_receive(region, 0, false, self.clone()) {
-            let _ = accepted.reset();
+            accepted.reset_connection();
             let g = self.lock();
-            let lp = accepted.event_loop().clone();
+            let lp = listener.event_loop().clone();
             self.clone().finish(g, Outcome::failed(e.code(), 0), &lp);
             return;
         }
@@ -480,7 +523,7 @@ impl<N: Completed> EventArgs<N> {
             Duration::from_millis(timeout_ms as u64),
             Box::new(move |outcome| {
                 if outcome == TimerOutcome::Fired {
-                    me.accept_receive_timed_out(seq);
+                    me.end_accept_receive(seq, EndedBy::Timeout);
                 }
             }),
         );
@@ -499,23 +542,34 @@ impl<N: Completed> EventArgs<N> {
         }
     }
 
-    fn accept_receive_timed_out(&self, seq: u64) {
+    /// Ends the wait for first data from asock's side (timeout, listener
+    /// closed): resets the connection, which aborts the receive, whose
+    /// completion then reports why.
+    fn end_accept_receive(&self, seq: u64, why: EndedBy) {
         let accepted = {
             let mut g = self.lock();
             if g.seq != seq {
                 return;
             }
             match &mut g.stage {
-                Stage::AcceptReceive { accepted, timed_out, timer, .. } => {
-                    *timed_out = true;
-                    *timer = None;
+                Stage::AcceptReceive { accepted, ended_by, timer, .. } if ended_by.is_none() => {
+                    *ended_by = Some(why);
+                    if why == EndedBy::Timeout {
+                        *timer = None;
+                    }
                     accepted.clone()
                 }
                 _ => return,
             }
         };
-        // Resetting aborts the pending receive, which finishes the accept.
-        let _ = accepted.reset();
+        accepted.reset_connection();
+    }
+}
+
+impl<N: Completed> Dependent for EventArgs<N> {
+    fn owner_closed(&self) {
+        let seq = self.lock().seq;
+        self.end_accept_receive(seq, EndedBy::ListenerClosed);
     }
 }
 
@@ -549,47 +603,58 @@ impl<N: Completed> Sink for EventArgs<N> {
     fn complete(self: Arc<Self>, mut outcome: Outcome, _synchronously: bool, event_loop: &EventLoop) {
         // An accept completes under the listener's lock only, so its new
         // socket may be asked for its peer — before the args' lock is taken.
+        let mut accepted_local = None;
         if let Some(accepted) = &outcome.accepted {
             outcome.from = accepted.remote_endpoint().ok();
+            accepted_local = accepted.local_endpoint().ok();
         }
         let mut g = self.lock();
         match std::mem::replace(&mut g.stage, Stage::None) {
-            Stage::Accept { with_buffer: true, timeout_ms } if outcome.error == ASOCK_OK => {
-                let accepted = outcome.accepted.expect("an accept completes with a socket");
-                drop(g);
-                self.start_accept_receive(accepted, timeout_ms);
+            Stage::Accept { listener, with_buffer: true, timeout_ms } if outcome.error == ASOCK_OK => {
+                let accepted = outcome.accepted.take().expect("an accept completes with a socket");
+                let room = g.buffer.map_or(0, |(_, _, count)| count - ACCEPT_ADDRESS_BYTES);
+                if room > 0 {
+                    drop(g);
+                    self.start_accept_receive(listener, accepted, timeout_ms);
+                    return;
+                }
+                // Exactly the address bytes: no data is expected, so the
+                // accept completes now (seed 001), addresses written.
+                Self::write_tail(&mut g, accepted_local.zip(outcome.from));
+                outcome.accepted = Some(accepted);
+                self.clone().finish(g, outcome, event_loop);
             }
-            Stage::AcceptReceive { accepted, endpoints, timer, timed_out } => {
+            Stage::AcceptReceive { listener, accepted, endpoints, timer, ended_by } => {
+                listener.remove_dependent(Arc::as_ptr(&self) as *const ());
                 if let Some((lp, t)) = timer {
                     lp.cancel_timer(t);
                 }
-                if timed_out || outcome.error != ASOCK_OK {
-                    // No data in time, or the peer reset first: the accept
-                    // reports ConnectionReset with no socket (seed 001), and
-                    // the connection is reset — from the loop, since this
-                    // runs under the accepted socket's lock.
-                    let _ = accepted.event_loop().clone().post(Box::new(move || {
-                        let _ = accepted.reset();
-                    }));
-                    self.clone().finish(g, Outcome::failed(ASOCK_CONNECTION_RESET, 0), event_loop);
+                // The callback runs on the listener's loop: the accept was
+                // started on the listener.
+                let lp = listener.event_loop().clone();
+                let failure = match (ended_by, outcome.error) {
+                    (Some(EndedBy::Timeout), _) => Some(ASOCK_CONNECTION_RESET),
+                    (Some(EndedBy::ListenerClosed), _) => Some(ASOCK_OPERATION_ABORTED),
+                    (None, ASOCK_OK) => None,
+                    // A local close (the AcceptSocket, the loop) aborts.
+                    (None, ASOCK_OPERATION_ABORTED) => Some(ASOCK_OPERATION_ABORTED),
+                    // The peer reset first (seed 001's half-open scans).
+                    (None, _) => Some(ASOCK_CONNECTION_RESET),
+                };
+                if let Some(code) = failure {
+                    if ended_by.is_none() {
+                        // Reset from the loop: this runs under the accepted
+                        // socket's lock.
+                        let a = accepted.clone();
+                        let _ = accepted.event_loop().post(Box::new(move || a.reset_connection()));
+                    }
+                    self.clone().finish(g, Outcome::failed(code, 0), &lp);
                     return;
                 }
-                if let (Some((base, offset, count)), Some((local, remote))) = (g.buffer, endpoints) {
-                    // SAFETY: the reserved tail is inside the caller's buffer.
-                    let tail = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            base.ptr.add(offset + count - ACCEPT_ADDRESS_BYTES),
-                            ACCEPT_ADDRESS_BYTES,
-                        )
-                    };
-                    let (l, r) = tail.split_at_mut(ADDRESS_SLOT);
-                    write_address(l, &local);
-                    write_address(r, &remote);
-                    g.accept_endpoints = Some((local, remote));
-                }
+                Self::write_tail(&mut g, endpoints);
                 let outcome =
                     Outcome { accepted: Some(accepted), from: endpoints.map(|e| e.1), ..Outcome::ok(outcome.bytes) };
-                self.clone().finish(g, outcome, event_loop);
+                self.clone().finish(g, outcome, &lp);
             }
             Stage::Accept { .. } | Stage::None => {
                 let outcome = if outcome.error == crate::error::ASOCK_E_OBJECT_DISPOSED {
@@ -603,13 +668,43 @@ impl<N: Completed> Sink for EventArgs<N> {
     }
 }
 
+impl<N: Completed> EventArgs<N> {
+    /// Writes the local and remote addresses into the buffer's reserved
+    /// tail (GetAcceptExSockaddrs reads them there).
+    fn write_tail(g: &mut Inner<N>, endpoints: Option<(SocketAddr, SocketAddr)>) {
+        if let (Some((base, offset, count)), Some((local, remote))) = (g.buffer, endpoints) {
+            // SAFETY: the reserved tail is inside the caller's buffer.
+            let tail = unsafe {
+                std::slice::from_raw_parts_mut(
+                    base.ptr.add(offset + count - ACCEPT_ADDRESS_BYTES),
+                    ACCEPT_ADDRESS_BYTES,
+                )
+            };
+            let (l, r) = tail.split_at_mut(ADDRESS_SLOT);
+            write_address(l, &local);
+            write_address(r, &remote);
+            g.accept_endpoints = Some((local, remote));
+        }
+    }
+}
+
 impl<N: Completed> Deliver for EventArgs<N> {
     fn deliver(self: Arc<Self>) {
         let (cb, sender, token) = {
             let g = self.lock();
             (g.completed.clone(), g.sender, g.user_token)
         };
-        cb.completed(sender, self.id.load(Ordering::Acquire), token);
+        let id = self.id.load(Ordering::Acquire);
+        cb.completed(sender, id, token);
+        let due = {
+            let mut g = self.lock();
+            g.deliveries -= 1;
+            g.free_requested && g.phase == Phase::Idle && g.deliveries == 0
+        };
+        if due {
+            // A free asked for meanwhile takes effect now.
+            cb.released(id);
+        }
     }
 }
 

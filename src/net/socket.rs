@@ -87,6 +87,10 @@ struct Io {
     write_ready: bool,
     /// Registered with the poller (done once, at the first would-block).
     registered: bool,
+    /// An edge reported the peer's end (or an error): a short read no
+    /// longer means "empty", since the end itself is still to be read and
+    /// no further edge will announce it.
+    read_closed: bool,
 }
 
 impl Io {
@@ -97,12 +101,23 @@ impl Io {
             read_ready: true,
             write_ready: true,
             registered: false,
+            read_closed: false,
         }
     }
 }
 
+/// Something that must hear when a socket closes although it has nothing
+/// queued on it: an accept in its second stage (AcceptEx's first-data wait)
+/// belongs to the listener but waits on the accepted socket.
+pub trait Dependent: Send + Sync {
+    fn owner_closed(&self);
+}
+
 pub struct Socket {
     number: u64,
+    /// Kept apart from `state`: registered under the listener's state lock,
+    /// notified after `close` has released it.
+    dependents: Mutex<Vec<std::sync::Weak<dyn Dependent>>>,
     event_loop: Arc<EventLoop>,
     family: AddressFamily,
     kind: SocketType,
@@ -413,21 +428,36 @@ impl Socket {
     /// Dispose: closes the descriptor and completes every queued operation
     /// with `OperationAborted`. A second close is `ObjectDisposed`.
     pub fn close(&self) -> Result<()> {
+        if self.close_quietly() {
+            Ok(())
+        } else {
+            Err(self.disposed())
+        }
+    }
+
+    /// Closes if open; false if it already was (no error is built, so
+    /// dropping a closed socket costs nothing).
+    fn close_quietly(&self) -> bool {
         let mut st = lock(&self.state);
         let Some(sock) = st.sock.take() else {
-            return Err(self.disposed());
+            return false;
         };
         if let Some(key) = self.key.get() {
-            // Deregister before the descriptor number can be reused.
-            self.event_loop.detach(*key);
+            // Closing the descriptor removes it from epoll; the slot's
+            // generation bump is what keeps stale events away.
+            self.event_loop.detach_closing(*key);
         }
         drop(sock);
         // Completed under the lock, like every other completion, so the
         // callbacks of this socket stay in order.
         let aborted = self.abort_queued(&mut st);
         drop(st);
+        let dependents = std::mem::take(&mut *self.dependents.lock().unwrap_or_else(|p| p.into_inner()));
+        for d in dependents.iter().filter_map(std::sync::Weak::upgrade) {
+            d.owner_closed();
+        }
         trace!(LEVEL_INFO, "socket", "socket {} closed ({aborted} pending operations aborted)", self.number);
-        Ok(())
+        true
     }
 
     pub(crate) fn is_stream(&self) -> bool {
@@ -449,6 +479,7 @@ impl Socket {
     ) -> Result<Arc<Socket>> {
         let socket = Arc::new(Socket {
             number: NEXT_SOCKET_NUMBER.fetch_add(1, Ordering::Relaxed),
+            dependents: Mutex::new(Vec::new()),
             event_loop: event_loop.clone(),
             family,
             kind,
@@ -483,11 +514,18 @@ impl Socket {
             Direction::In => (&mut io.inbound, &mut io.read_ready),
             Direction::Out => (&mut io.outbound, &mut io.write_ready),
         };
-        if queue.is_empty() && *ready && !req.is_resolving() {
+        // A connect that has not started needs no readiness: connect() is
+        // what will produce the next edge.
+        let may_try = *ready || (req.kind == OpKind::Connect && !req.is_resolving());
+        if queue.is_empty() && may_try && !req.is_resolving() {
             match io::attempt(sock, self, &mut req) {
                 Step::Done(outcome) => {
-                    self.trace_completion(req.kind, &outcome, true);
-                    req.sink.complete(outcome, true, &self.event_loop);
+                    self.finish_request(req, outcome, true);
+                    return Ok(());
+                }
+                Step::Drained(outcome) => {
+                    *ready = io.read_closed;
+                    self.finish_request(req, outcome, true);
                     return Ok(());
                 }
                 Step::Partial | Step::WouldBlock => *ready = false,
@@ -553,6 +591,7 @@ impl Socket {
         st.io.registered = false;
         st.io.read_ready = true;
         st.io.write_ready = true;
+        st.io.read_closed = false;
         st.listening = false;
         st.sock = Some(new);
     }
@@ -584,13 +623,51 @@ impl Socket {
         Ok(())
     }
 
-    /// Resets the connection (SO_LINGER 0, then close): the peer sees a
-    /// reset, not an orderly end.
-    pub fn reset(&self) -> Result<()> {
-        if let Some(sock) = lock(&self.state).sock.as_ref() {
-            let _ = sock.set_linger(Some(Duration::ZERO));
+    pub(crate) fn add_dependent(&self, d: std::sync::Weak<dyn Dependent>) {
+        let mut list = self.dependents.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(d);
+    }
+
+    /// Forgets the dependent whose data pointer is `ptr`.
+    pub(crate) fn remove_dependent(&self, ptr: *const ()) {
+        let mut list = self.dependents.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|w| w.strong_count() > 0 && !std::ptr::addr_eq(w.as_ptr(), ptr));
+    }
+
+    /// Resets the connection (SO_LINGER 0: the peer sees a reset) and gives
+    /// the socket a fresh, unbound descriptor, so an AcceptSocket stays
+    /// usable for the next accept. Queued operations are aborted.
+    pub fn reset_connection(&self) {
+        let fresh = Socket::raw(self.family, self.kind, self.protocol);
+        let mut st = lock(&self.state);
+        let Some(sock) = st.sock.as_ref() else {
+            return;
+        };
+        let _ = sock.set_linger(Some(Duration::ZERO));
+        self.abort_queued(&mut st);
+        match fresh {
+            Ok(fresh) => self.replace_descriptor(&mut st, fresh),
+            Err(_) => {
+                // No descriptor to be had: close instead (still a reset).
+                if let Some(key) = self.key.get() {
+                    self.event_loop.detach(*key);
+                }
+                st.sock = None;
+            }
         }
-        self.close()
+        trace!(LEVEL_INFO, "socket", "socket {}: connection reset", self.number);
+    }
+
+    /// Refuses to connect a connected socket (.NET: IsConnected). Linux
+    /// would let a second connect after a completed one return 0.
+    fn check_not_connected(&self) -> Result<()> {
+        let st = lock(&self.state);
+        let sock = st.sock.as_ref().ok_or_else(|| self.disposed())?;
+        if sock.peer_addr().is_ok() {
+            return Err(Error::new(crate::error::ASOCK_IS_CONNECTED, "the socket is already connected"));
+        }
+        Ok(())
     }
 
     /// Begins a send (`to`: a send-to destination).
@@ -665,6 +742,7 @@ impl Socket {
         if self.is_listening()? {
             return Err(Error::invalid_operation(format!("socket {} is listening and cannot connect", self.number)));
         }
+        self.check_not_connected()?;
         if targets.is_empty() {
             return Err(Error::argument("no endpoint to connect to"));
         }
@@ -679,6 +757,7 @@ impl Socket {
         if self.is_listening()? {
             return Err(Error::invalid_operation(format!("socket {} is listening and cannot connect", self.number)));
         }
+        self.check_not_connected()?;
         let mut req = Request::new(OpKind::Connect, UserBuf::EMPTY, 0, None, sink.clone());
         req.connect = Some(Box::new(ConnectPlan { resolving: true, ..Default::default() }));
         self.submit(req)?;
@@ -707,7 +786,7 @@ impl Socket {
                 }
                 if pos == 0 {
                     // A connect does not wait for readiness to start.
-                    self.drain(sock, &mut io.outbound, &mut io.write_ready);
+                    self.drain(sock, &mut io.outbound, &mut io.write_ready, false);
                 }
             }
             Err(e) => {
@@ -715,7 +794,10 @@ impl Socket {
                 self.trace_completion(req.kind, &Outcome::failed(e.code(), 0), false);
                 req.sink.complete(Outcome::failed(e.code(), 0), false, &self.event_loop);
                 if pos == 0 {
-                    self.drain(sock, &mut io.outbound, &mut io.write_ready);
+                    // Nothing was sent for the removed connect, so what is
+                    // known of readiness is stale: let the next one try.
+                    io.write_ready = true;
+                    self.drain(sock, &mut io.outbound, &mut io.write_ready, false);
                 }
             }
         }
@@ -742,14 +824,22 @@ impl Socket {
         }
     }
 
-    /// Runs queued operations of one direction until one would block.
-    fn drain(&self, sock: &Sock2, queue: &mut std::collections::VecDeque<Request>, ready: &mut bool) {
+    /// Runs queued operations of one direction until one would block (or a
+    /// short stream read says the socket is empty).
+    fn drain(&self, sock: &Sock2, queue: &mut std::collections::VecDeque<Request>, ready: &mut bool, closed: bool) {
         while let Some(front) = queue.front_mut() {
             match io::attempt(sock, self, front) {
                 Step::Done(outcome) => {
                     let req = queue.pop_front().expect("front exists");
-                    self.trace_completion(req.kind, &outcome, false);
-                    req.sink.complete(outcome, false, &self.event_loop);
+                    self.finish_request(req, outcome, false);
+                }
+                Step::Drained(outcome) => {
+                    let req = queue.pop_front().expect("front exists");
+                    self.finish_request(req, outcome, false);
+                    if !closed {
+                        *ready = false;
+                        return;
+                    }
                 }
                 Step::Partial | Step::WouldBlock => {
                     *ready = false;
@@ -758,22 +848,29 @@ impl Socket {
             }
         }
     }
+
+    /// Hands a finished request's outcome to its sink (under the lock).
+    fn finish_request(&self, req: Request, outcome: Outcome, synchronously: bool) {
+        self.trace_completion(req.kind, &outcome, synchronously);
+        req.sink.complete(outcome, synchronously, &self.event_loop);
+    }
 }
 
 impl Source for Socket {
-    fn on_ready(&self, readable: bool, writable: bool) {
+    fn on_ready(&self, readable: bool, writable: bool, hangup: bool) {
         let mut st = lock(&self.state);
         let State { sock, io, .. } = &mut *st;
         let Some(sock) = sock.as_ref() else {
             return;
         };
+        io.read_closed |= hangup;
         if readable {
             io.read_ready = true;
-            self.drain(sock, &mut io.inbound, &mut io.read_ready);
+            self.drain(sock, &mut io.inbound, &mut io.read_ready, io.read_closed);
         }
         if writable {
             io.write_ready = true;
-            self.drain(sock, &mut io.outbound, &mut io.write_ready);
+            self.drain(sock, &mut io.outbound, &mut io.write_ready, false);
         }
     }
 
@@ -786,7 +883,7 @@ impl Drop for Socket {
     fn drop(&mut self) {
         // An accepted connection nobody took, or a socket whose last handle
         // went away: close it the normal way (a no-op if already closed).
-        let _ = self.close();
+        self.close_quietly();
     }
 }
 

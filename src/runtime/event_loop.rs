@@ -2,16 +2,14 @@
 //! belong to it. Exactly one thread runs a loop at a time; any thread may
 //! post to it, stop it or add timers.
 
-use super::poller::Poller;
+use super::poller::{Events, Poller};
 use super::sources::{Source, SourceKey, Sources};
 use super::thread_token;
 use super::timers::{TimerCallback, TimerId, TimerOutcome, Timers};
 use crate::error::{Error, Result};
 use crate::trace;
 use crate::trace::{LEVEL_ERROR, LEVEL_INFO, LEVEL_VERBOSE};
-use polling::Events;
 use std::collections::VecDeque;
-use std::num::NonZeroUsize;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,7 +105,7 @@ impl EventLoop {
             idle: Condvar::new(),
             running_on: AtomicU64::new(0),
             thread: Mutex::new(None),
-            events: Mutex::new(Events::with_capacity(NonZeroUsize::new(1024).unwrap())),
+            events: Mutex::new(Events::new()),
             spare: Mutex::default(),
         }))
     }
@@ -240,6 +238,17 @@ impl EventLoop {
         let fd = lock(&self.sources).take_fd(key);
         if let Some(fd) = fd {
             let _ = self.poller.delete(fd);
+        }
+    }
+
+    /// Removes a source whose descriptor is closed right after, which takes
+    /// it out of the poller by itself: no `EPOLL_CTL_DEL` needed. Off Linux
+    /// the registration is deleted as usual.
+    pub fn detach_closing(&self, key: SourceKey) {
+        if cfg!(target_os = "linux") {
+            lock(&self.sources).remove(key);
+        } else {
+            self.detach(key);
         }
     }
 
@@ -400,7 +409,7 @@ impl EventLoop {
                     continue;
                 };
                 if let Some(source) = weak.upgrade() {
-                    guarded(|| source.on_ready(ev.readable, ev.writable));
+                    guarded(|| source.on_ready(ev.readable, ev.writable, ev.hangup));
                     dispatched += 1;
                     if self.poller.needs_rearm() {
                         if let Some(fd) = fd {
@@ -614,7 +623,7 @@ mod tests {
         closed: AtomicUsize,
     }
     impl Source for Probe {
-        fn on_ready(&self, _r: bool, _w: bool) {
+        fn on_ready(&self, _r: bool, _w: bool, _h: bool) {
             self.hits.fetch_add(1, Ordering::SeqCst);
         }
         fn on_loop_closed(&self) {

@@ -12,8 +12,9 @@ use std::sync::Weak;
 
 /// What the loop needs from an object that owns a descriptor.
 pub trait Source: Send + Sync {
-    /// Readiness for the descriptor registered under this source's key.
-    fn on_ready(&self, readable: bool, writable: bool);
+    /// Readiness for the descriptor registered under this source's key;
+    /// `hangup`: the peer shut down its side or the connection failed.
+    fn on_ready(&self, readable: bool, writable: bool, hangup: bool);
     /// The loop is being freed: close, completing every pending operation.
     fn on_loop_closed(&self);
 }
