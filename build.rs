@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    println!("cargo:rerun-if-changed=src/ffi");
-    println!("cargo:rerun-if-changed=src/error.rs");
+    // cbindgen reads the whole crate (any `pub const` anywhere becomes a
+    // #define), so any change under src/ may change the header.
+    println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
 
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {

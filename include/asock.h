@@ -306,21 +306,6 @@
 #define ASOCK_TRACE_VERBOSE 3
 
 /*
- .NET SocketFlags values asock accepts, as `MSG_*` flags.
- */
-#define SOCKET_FLAG_OUT_OF_BAND 1
-
-#define SOCKET_FLAG_PEEK 2
-
-#define SOCKET_FLAG_DONT_ROUTE 4
-
-/*
- Bytes an accept with a buffer keeps at the end of it for the two
- addresses: 2 × (sizeof(SOCKADDR_STORAGE) + 16), as AcceptEx.
- */
-#define ACCEPT_ADDRESS_BYTES 288
-
-/*
  A code of the asock error space: `ASOCK_OK` (0), a .NET SocketError
  value, or a negative library code (`ASOCK_E_*`).
  */

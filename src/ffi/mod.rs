@@ -114,3 +114,27 @@ pub(crate) struct UserPtr(pub *mut std::ffi::c_void);
 // SAFETY: see above — the pointer is only carried, never used, by asock.
 unsafe impl Send for UserPtr {}
 unsafe impl Sync for UserPtr {}
+
+#[cfg(test)]
+mod header_tests {
+    /// The public header defines nothing outside asock's namespace: every
+    /// macro is `ASOCK_*`, every type `asock_*` (a stray `pub const` in the
+    /// core would otherwise become a bare `#define` in every C program).
+    #[test]
+    fn header_names_are_prefixed() {
+        let header = include_str!("../../include/asock.h");
+        for line in header.lines() {
+            if let Some(rest) = line.strip_prefix("#define ") {
+                let name = rest.split_whitespace().next().unwrap_or("");
+                assert!(name.starts_with("ASOCK_"), "unprefixed macro: {line}");
+            }
+            for kw in ["typedef struct ", "typedef "] {
+                if let Some(rest) = line.strip_prefix(kw) {
+                    let name = rest.split(|c: char| !c.is_alphanumeric() && c != '_').find(|w| w.starts_with("asock_"));
+                    assert!(name.is_some(), "type outside the asock_ namespace: {line}");
+                    break;
+                }
+            }
+        }
+    }
+}

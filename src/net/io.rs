@@ -132,9 +132,9 @@ impl Request {
 }
 
 /// .NET SocketFlags values asock accepts, as `MSG_*` flags.
-pub const SOCKET_FLAG_OUT_OF_BAND: i32 = 0x1;
-pub const SOCKET_FLAG_PEEK: i32 = 0x2;
-pub const SOCKET_FLAG_DONT_ROUTE: i32 = 0x4;
+const SOCKET_FLAG_OUT_OF_BAND: i32 = 0x1;
+const SOCKET_FLAG_PEEK: i32 = 0x2;
+const SOCKET_FLAG_DONT_ROUTE: i32 = 0x4;
 
 /// Maps .NET SocketFlags to `MSG_*` flags; any other bit is refused.
 pub fn socket_flags(flags: i32) -> crate::error::Result<i32> {

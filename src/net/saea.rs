@@ -26,7 +26,7 @@ use std::time::Duration;
 
 /// Bytes an accept with a buffer keeps at the end of it for the two
 /// addresses: 2 × (sizeof(SOCKADDR_STORAGE) + 16), as AcceptEx.
-pub const ACCEPT_ADDRESS_BYTES: usize = 288;
+pub(crate) const ACCEPT_ADDRESS_BYTES: usize = 288;
 const ADDRESS_SLOT: usize = ACCEPT_ADDRESS_BYTES / 2;
 
 /// Runs the user's Completed callback. `sender` and `args` are the ids the

@@ -10,11 +10,11 @@ use std::fmt;
 
 /// The longest reply line accepted, CRLF included. RFC 5321 sets 512; real
 /// servers send longer EHLO lines, so allow generous room, but bounded.
-pub const MAX_LINE: usize = 4096;
+pub(crate) const MAX_LINE: usize = 4096;
 /// The largest whole reply accepted (an EHLO reply is the biggest normal one).
-pub const MAX_REPLY: usize = 64 * 1024;
+pub(crate) const MAX_REPLY: usize = 64 * 1024;
 /// The most lines one reply may have.
-pub const MAX_LINES: usize = 256;
+pub(crate) const MAX_LINES: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
