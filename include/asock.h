@@ -177,6 +177,12 @@
  */
 #define ASOCK_ENDPOINT_TEXT_MAX 64
 
+#define ASOCK_MAIL_PRIORITY_NORMAL 0
+
+#define ASOCK_MAIL_PRIORITY_LOW 1
+
+#define ASOCK_MAIL_PRIORITY_HIGH 2
+
 /*
  .NET SocketAsyncOperation values, for `asock_event_args_info.last_operation`.
  */
@@ -369,6 +375,15 @@ typedef void (*asock_post_callback)(void *state);
  `ASOCK_OPERATION_ABORTED` when the timer was cancelled or its loop freed.
  */
 typedef void (*asock_timer_callback)(void *state, asock_error status);
+
+/*
+ A mail message (.NET MailMessage). Passed by value; valid until
+ `asock_mail_message_free`. Any thread; a message is copied when it is
+ sent, so it may be changed or freed right after.
+ */
+typedef struct asock_mail_message {
+    uint64_t id;
+} asock_mail_message;
 
 /*
  A reusable operation object (.NET SocketAsyncEventArgs). Passed by
@@ -687,6 +702,97 @@ asock_error asock_loop_cancel_timer(struct asock_loop l, uint64_t timer);
  does nothing. From the loop's own thread: `ASOCK_E_INVALID_OPERATION`.
  */
 asock_error asock_loop_free(struct asock_loop l);
+
+/*
+ Creates an empty message. Free it with `asock_mail_message_free`.
+ */
+asock_error asock_mail_message_new(struct asock_mail_message *out_message);
+
+/*
+ Frees a message. `{0}` does nothing; twice → `ASOCK_E_OBJECT_DISPOSED`.
+ */
+asock_error asock_mail_message_free(struct asock_mail_message m);
+
+/*
+ Sets From. `address` is checked when set: CR, LF or NUL in it or in
+ `display_name` (NULL: none) → `ASOCK_E_ARGUMENT` (header injection);
+ not an address → `ASOCK_E_FORMAT`. Non-ASCII display names are encoded
+ (RFC 2047); non-ASCII addresses need a server with SMTPUTF8.
+ */
+asock_error asock_mail_message_set_from(struct asock_mail_message m, const char *address, const char *display_name);
+
+/*
+ Sets Sender (checked as `asock_mail_message_set_from`).
+ */
+asock_error asock_mail_message_set_sender(struct asock_mail_message m, const char *address, const char *display_name);
+
+/*
+ Adds a To recipient (checked as `asock_mail_message_set_from`).
+ */
+asock_error asock_mail_message_add_to(struct asock_mail_message m, const char *address, const char *display_name);
+
+/*
+ Adds a Cc recipient (checked as `asock_mail_message_set_from`).
+ */
+asock_error asock_mail_message_add_cc(struct asock_mail_message m, const char *address, const char *display_name);
+
+/*
+ Adds a Bcc recipient: in the envelope only, never in a header.
+ */
+asock_error asock_mail_message_add_bcc(struct asock_mail_message m, const char *address, const char *display_name);
+
+/*
+ Adds a Reply-To address (checked as `asock_mail_message_set_from`).
+ */
+asock_error asock_mail_message_add_reply_to(struct asock_mail_message m, const char *address, const char *display_name);
+
+/*
+ Sets the subject (UTF-8, copied; CR, LF or NUL → `ASOCK_E_ARGUMENT`).
+ */
+asock_error asock_mail_message_set_subject(struct asock_mail_message m, const char *subject);
+
+/*
+ Sets the body (UTF-8, copied; any line endings), as text/plain or, with
+ `is_html`, text/html.
+ */
+asock_error asock_mail_message_set_body(struct asock_mail_message m, const char *body, bool is_html);
+
+/*
+ Adds an alternate view of the body (AlternateViews): `content` in
+ `media_type` ("text/html"; not a media type → `ASOCK_E_FORMAT`).
+ */
+asock_error asock_mail_message_add_alternate_view(struct asock_mail_message m, const char *content, const char *media_type);
+
+/*
+ Adds an attachment: `len` bytes at `data` (copied; NULL only with `len`
+ 0), sent base64-encoded under file name `name` (CR, LF, NUL or empty →
+ `ASOCK_E_ARGUMENT`) with `media_type`.
+ */
+asock_error asock_mail_message_add_attachment(struct asock_mail_message m, const char *name, const char *media_type, const uint8_t *data, size_t len);
+
+/*
+ Adds a custom header. A name that is not an RFC 5322 field name →
+ `ASOCK_E_FORMAT`; CR, LF or NUL in name or value, or a header the message
+ writes itself (From, To, Bcc, Subject, Date, Content-Type, …) →
+ `ASOCK_E_ARGUMENT`. Non-ASCII values are encoded (RFC 2047).
+ */
+asock_error asock_mail_message_add_header(struct asock_mail_message m, const char *name, const char *value);
+
+/*
+ Sets the priority: `ASOCK_MAIL_PRIORITY_NORMAL`, `_LOW` or `_HIGH` (else
+ `ASOCK_E_ARGUMENT`), written as X-Priority, Priority and Importance.
+ */
+asock_error asock_mail_message_set_priority(struct asock_mail_message m, int32_t priority);
+
+/*
+ Renders the message as it would be sent (RFC 5322, MIME, CRLF lines,
+ Bcc left out; Date and Message-ID generated) into `buf` (no NUL added)
+ and sets `*out_len` to its size. `buf` NULL with `len` 0 only asks for
+ the size. A buffer too small → `ASOCK_E_ARGUMENT_OUT_OF_RANGE`, nothing
+ written. Each call renders anew (its own Message-ID and Date, so sizes
+ of two calls may differ by a few bytes: leave room).
+ */
+asock_error asock_mail_message_render(struct asock_mail_message m, uint8_t *buf, size_t len, size_t *out_len);
 
 /*
  Creates event args: no buffer, no callback, no AcceptSocket, no remote

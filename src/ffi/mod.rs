@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod error;
 pub mod event_loop;
 mod handles;
+pub mod mail;
 pub mod saea;
 pub mod socket;
 pub mod trace;
@@ -105,6 +106,12 @@ pub(crate) fn copy_out(text: &str, buf: *mut c_char, len: usize) -> usize {
         }
     }
     text.len()
+}
+
+/// Copies `bytes` to a caller buffer already checked to hold them.
+pub(crate) fn write_bytes(dst: *mut u8, bytes: &[u8]) {
+    // SAFETY: callers check `dst` is non-NULL with room for `bytes.len()`.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
 }
 
 /// A user pointer handed back to a callback on another thread. asock never

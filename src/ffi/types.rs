@@ -111,3 +111,12 @@ pub struct asock_event_args_info {
 /// the socket the operation was started on.
 pub type asock_completed_callback =
     Option<unsafe extern "C" fn(sender: asock_socket, e: asock_event_args, user_token: *mut c_void)>;
+
+/// A mail message (.NET MailMessage). Passed by value; valid until
+/// `asock_mail_message_free`. Any thread; a message is copied when it is
+/// sent, so it may be changed or freed right after.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct asock_mail_message {
+    pub id: u64,
+}
