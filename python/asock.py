@@ -95,6 +95,10 @@ class EventArgsInfo(Structure):
 POST_CB = CFUNCTYPE(None, c_void_p)
 ASYNC_CB = CFUNCTYPE(None, AsyncResult, c_void_p)
 COMPLETED_CB = CFUNCTYPE(None, Socket, EventArgs, c_void_p)
+
+
+class MailMessage(Handle):
+    pass
 TIMER_CB = CFUNCTYPE(None, c_void_p, c_int32)
 TRACE_CB = CFUNCTYPE(None, c_int32, c_char_p, c_char_p, c_void_p)
 
@@ -200,3 +204,29 @@ def format_endpoint(ep):
     buf = ctypes.create_string_buffer(n + 1)
     asock_endpoint_format(ctypes.byref(ep), buf, n + 1)
     return buf.value.decode()
+
+# MailMessage (section 7)
+MAIL_PRIORITY_HIGH = 2
+asock_mail_message_new = _fn("asock_mail_message_new", c_int32, _P(MailMessage))
+asock_mail_message_free = _fn("asock_mail_message_free", c_int32, MailMessage)
+for _name in ("set_from", "set_sender", "add_to", "add_cc", "add_bcc", "add_reply_to"):
+    globals()["asock_mail_message_" + _name] = _fn("asock_mail_message_" + _name, c_int32, MailMessage, c_char_p,
+                                                   c_char_p)
+asock_mail_message_set_subject = _fn("asock_mail_message_set_subject", c_int32, MailMessage, c_char_p)
+asock_mail_message_set_body = _fn("asock_mail_message_set_body", c_int32, MailMessage, c_char_p, c_bool)
+asock_mail_message_add_alternate_view = _fn("asock_mail_message_add_alternate_view", c_int32, MailMessage, c_char_p,
+                                            c_char_p)
+asock_mail_message_add_attachment = _fn("asock_mail_message_add_attachment", c_int32, MailMessage, c_char_p, c_char_p,
+                                        c_void_p, c_size_t)
+asock_mail_message_add_header = _fn("asock_mail_message_add_header", c_int32, MailMessage, c_char_p, c_char_p)
+asock_mail_message_set_priority = _fn("asock_mail_message_set_priority", c_int32, MailMessage, c_int32)
+asock_mail_message_render = _fn("asock_mail_message_render", c_int32, MailMessage, c_void_p, c_size_t, _P(c_size_t))
+
+
+def render_message(m):
+    need = c_size_t()
+    check(asock_mail_message_render(m, None, 0, ctypes.byref(need)), "render size")
+    buf = ctypes.create_string_buffer(need.value + 512)
+    got = c_size_t()
+    check(asock_mail_message_render(m, buf, len(buf), ctypes.byref(got)), "render")
+    return buf.raw[:got.value]
