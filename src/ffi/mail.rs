@@ -27,6 +27,22 @@ fn mailbox(address: *const c_char, display_name: *const c_char) -> Result<Mailbo
     Mailbox::new(address, name)
 }
 
+/// The shape of every mailbox setter: check the mailbox, then store it.
+fn set_mailbox(
+    m: asock_mail_message,
+    address: *const c_char,
+    display_name: *const c_char,
+    store: impl FnOnce(&mut MailMessage, Mailbox),
+) -> asock_error {
+    guard(|| {
+        let mb = mailbox(address, display_name)?;
+        with(m, |msg| {
+            store(msg, mb);
+            Ok(())
+        })
+    })
+}
+
 /// Snapshot of a message for sending (the caller may change it afterwards).
 pub(crate) fn snapshot(m: asock_mail_message) -> Result<MailMessage> {
     if m.id == 0 {
@@ -68,13 +84,7 @@ pub extern "C" fn asock_mail_message_set_from(
     address: *const c_char,
     display_name: *const c_char,
 ) -> asock_error {
-    guard(|| {
-        let mb = mailbox(address, display_name)?;
-        with(m, |msg| {
-            msg.from = Some(mb);
-            Ok(())
-        })
-    })
+    set_mailbox(m, address, display_name, |msg, mb| msg.from = Some(mb))
 }
 
 /// Sets Sender (checked as `asock_mail_message_set_from`).
@@ -84,13 +94,7 @@ pub extern "C" fn asock_mail_message_set_sender(
     address: *const c_char,
     display_name: *const c_char,
 ) -> asock_error {
-    guard(|| {
-        let mb = mailbox(address, display_name)?;
-        with(m, |msg| {
-            msg.sender = Some(mb);
-            Ok(())
-        })
-    })
+    set_mailbox(m, address, display_name, |msg, mb| msg.sender = Some(mb))
 }
 
 /// Adds a To recipient (checked as `asock_mail_message_set_from`).
@@ -100,13 +104,7 @@ pub extern "C" fn asock_mail_message_add_to(
     address: *const c_char,
     display_name: *const c_char,
 ) -> asock_error {
-    guard(|| {
-        let mb = mailbox(address, display_name)?;
-        with(m, |msg| {
-            msg.to.push(mb);
-            Ok(())
-        })
-    })
+    set_mailbox(m, address, display_name, |msg, mb| msg.to.push(mb))
 }
 
 /// Adds a Cc recipient (checked as `asock_mail_message_set_from`).
@@ -116,13 +114,7 @@ pub extern "C" fn asock_mail_message_add_cc(
     address: *const c_char,
     display_name: *const c_char,
 ) -> asock_error {
-    guard(|| {
-        let mb = mailbox(address, display_name)?;
-        with(m, |msg| {
-            msg.cc.push(mb);
-            Ok(())
-        })
-    })
+    set_mailbox(m, address, display_name, |msg, mb| msg.cc.push(mb))
 }
 
 /// Adds a Bcc recipient: in the envelope only, never in a header.
@@ -132,13 +124,7 @@ pub extern "C" fn asock_mail_message_add_bcc(
     address: *const c_char,
     display_name: *const c_char,
 ) -> asock_error {
-    guard(|| {
-        let mb = mailbox(address, display_name)?;
-        with(m, |msg| {
-            msg.bcc.push(mb);
-            Ok(())
-        })
-    })
+    set_mailbox(m, address, display_name, |msg, mb| msg.bcc.push(mb))
 }
 
 /// Adds a Reply-To address (checked as `asock_mail_message_set_from`).
@@ -148,13 +134,7 @@ pub extern "C" fn asock_mail_message_add_reply_to(
     address: *const c_char,
     display_name: *const c_char,
 ) -> asock_error {
-    guard(|| {
-        let mb = mailbox(address, display_name)?;
-        with(m, |msg| {
-            msg.reply_to.push(mb);
-            Ok(())
-        })
-    })
+    set_mailbox(m, address, display_name, |msg, mb| msg.reply_to.push(mb))
 }
 
 /// Sets the subject (UTF-8, copied; CR, LF or NUL → `ASOCK_E_ARGUMENT`).
