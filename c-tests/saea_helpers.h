@@ -172,4 +172,79 @@ static bool recv_exact(int fd, void *buf, size_t n) {
 }
 
 
+static inline bool ep_equal(const asock_endpoint *a, const asock_endpoint *b) {
+    size_t n = a->family == ASOCK_AF_INET ? 4 : 16;
+    return a->family == b->family && a->port == b->port && memcmp(a->addr, b->addr, n) == 0;
+}
+
+/* Waits for a pending operation's callback (when pending) and returns its
+ * info; for a synchronous one reads the info at once. */
+static inline asock_event_args_info result_of(asock_event_args e, rec_t *r, bool pending, int before) {
+    asock_event_args_info info;
+    memset(&info, 0, sizeof info);
+    if (pending) {
+        if (!wait_atomic_ge(&r->calls, before + 1, WAIT_MS)) {
+            harness_fail_cond(__FILE__, __LINE__, "the pending operation completed");
+            info.socket_error = -999999;
+            return info;
+        }
+        return r->info;
+    }
+    CHECK_OK(asock_event_args_get_info(e, &info));
+    return info;
+}
+
+/* Sends `len` bytes from an asock socket with fresh args; true when all went. */
+static inline bool asock_send_all(asock_socket s, const void *data, int32_t len) {
+    rec_t r;
+    rec_init(&r, pthread_self());
+    asock_event_args e = new_args(&r);
+    bool pending = false;
+    CHECK_OK(asock_event_args_set_buffer(e, (uint8_t *)data, 0, len));
+    asock_error err = asock_send_async(s, e, &pending);
+    if (err != ASOCK_OK) {
+        harness_fail_code(__FILE__, __LINE__, "asock_send_async", err, ASOCK_OK);
+        asock_event_args_free(e);
+        return false;
+    }
+    asock_event_args_info info = result_of(e, &r, pending, 0);
+    CHECK_OK(asock_event_args_free(e));
+    return info.socket_error == ASOCK_OK && info.bytes_transferred == len;
+}
+
+
+/* Accepts one connection from a fresh POSIX client: returns the accepted
+ * asock socket (on the listener's loop) and the client fd in *client. */
+static inline asock_socket accept_one(asock_socket listener, int32_t family, uint16_t port, int *client) {
+    asock_socket none = {0};
+    *client = posix_connect(family, port);
+    if (*client < 0) {
+        harness_fail_cond(__FILE__, __LINE__, "posix_connect");
+        return none;
+    }
+    rec_t r;
+    rec_init(&r, pthread_self());
+    asock_event_args e = new_args(&r);
+    bool pending = true;
+    asock_error err = asock_accept_async(listener, e, &pending);
+    if (err != ASOCK_OK) {
+        harness_fail_code(__FILE__, __LINE__, "asock_accept_async", err, ASOCK_OK);
+        asock_event_args_free(e);
+        return none;
+    }
+    if (pending && !wait_atomic_ge(&r.calls, 1, WAIT_MS)) {
+        harness_fail_cond(__FILE__, __LINE__, "accept completed");
+        asock_event_args_free(e); /* deferred; r would dangle: cannot happen unless the lib hangs */
+        return none;
+    }
+    asock_event_args_info info;
+    memset(&info, 0, sizeof info);
+    CHECK_OK(asock_event_args_get_info(e, &info));
+    CHECK_EQ_INT(info.socket_error, ASOCK_OK);
+    CHECK(info.accept_socket.id != 0);
+    CHECK_OK(asock_event_args_free(e));
+    return info.accept_socket;
+}
+
+
 #endif /* ASOCK_SAEA_HELPERS_H */

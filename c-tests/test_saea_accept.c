@@ -34,11 +34,6 @@ static bool ep_equals_sockaddr(const asock_endpoint *ep, const struct sockaddr_s
     return false;
 }
 
-static bool ep_equal(const asock_endpoint *a, const asock_endpoint *b) {
-    size_t n = a->family == ASOCK_AF_INET ? 4 : 16;
-    return a->family == b->family && a->port == b->port && memcmp(a->addr, b->addr, n) == 0;
-}
-
 static struct sockaddr_storage sock_name(int fd) {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
@@ -55,41 +50,6 @@ static struct sockaddr_storage peer_name(int fd) {
     if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
         harness_fail_cond(__FILE__, __LINE__, "getpeername");
     return ss;
-}
-
-/* Waits for a pending operation's callback (when pending) and returns its
- * info; for a synchronous one reads the info at once. */
-static asock_event_args_info result_of(asock_event_args e, rec_t *r, bool pending, int before) {
-    asock_event_args_info info;
-    memset(&info, 0, sizeof info);
-    if (pending) {
-        if (!wait_atomic_ge(&r->calls, before + 1, WAIT_MS)) {
-            harness_fail_cond(__FILE__, __LINE__, "the pending operation completed");
-            info.socket_error = -999999;
-            return info;
-        }
-        return r->info;
-    }
-    CHECK_OK(asock_event_args_get_info(e, &info));
-    return info;
-}
-
-/* Sends `len` bytes from an asock socket with fresh args; true when all went. */
-static bool asock_send_all(asock_socket s, const void *data, int32_t len) {
-    rec_t r;
-    rec_init(&r, pthread_self());
-    asock_event_args e = new_args(&r);
-    bool pending = false;
-    CHECK_OK(asock_event_args_set_buffer(e, (uint8_t *)data, 0, len));
-    asock_error err = asock_send_async(s, e, &pending);
-    if (err != ASOCK_OK) {
-        harness_fail_code(__FILE__, __LINE__, "asock_send_async", err, ASOCK_OK);
-        asock_event_args_free(e);
-        return false;
-    }
-    asock_event_args_info info = result_of(e, &r, pending, 0);
-    CHECK_OK(asock_event_args_free(e));
-    return info.socket_error == ASOCK_OK && info.bytes_transferred == len;
 }
 
 /* ---- synchronous and pending accepts -------------------------------------------- */

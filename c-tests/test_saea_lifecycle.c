@@ -20,39 +20,6 @@
 #include "saea_helpers.h"
 
 /* ---- helpers (local to this file) ------------------------------------------------ */
-/* Accepts one connection from a fresh POSIX client: returns the accepted
- * asock socket (on the listener's loop) and the client fd in *client. */
-static asock_socket accept_one(asock_socket listener, int32_t family, uint16_t port, int *client) {
-    asock_socket none = {0};
-    *client = posix_connect(family, port);
-    if (*client < 0) {
-        harness_fail_cond(__FILE__, __LINE__, "posix_connect");
-        return none;
-    }
-    rec_t r;
-    rec_init(&r, pthread_self());
-    asock_event_args e = new_args(&r);
-    bool pending = true;
-    asock_error err = asock_accept_async(listener, e, &pending);
-    if (err != ASOCK_OK) {
-        harness_fail_code(__FILE__, __LINE__, "asock_accept_async", err, ASOCK_OK);
-        asock_event_args_free(e);
-        return none;
-    }
-    if (pending && !wait_atomic_ge(&r.calls, 1, WAIT_MS)) {
-        harness_fail_cond(__FILE__, __LINE__, "accept completed");
-        asock_event_args_free(e); /* deferred; r would dangle: cannot happen unless the lib hangs */
-        return none;
-    }
-    asock_event_args_info info;
-    memset(&info, 0, sizeof info);
-    CHECK_OK(asock_event_args_get_info(e, &info));
-    CHECK_EQ_INT(info.socket_error, ASOCK_OK);
-    CHECK(info.accept_socket.id != 0);
-    CHECK_OK(asock_event_args_free(e));
-    return info.accept_socket;
-}
-
 /* ---- defaults, null and none handles, free ---------------------------------------- */
 
 TEST(new_args_defaults_and_none_handle) {
