@@ -92,12 +92,11 @@ enum EndedBy {
 }
 
 /// The results an application reads back (SocketAsyncEventArgs'
-/// properties).
+/// properties); the AcceptSocket comes from `accept_socket_id`.
 pub struct Info {
     pub last_operation: LastOperation,
     pub socket_error: i32,
     pub bytes_transferred: i32,
-    pub accept_socket: Option<(Arc<Socket>, u64)>,
     pub remote_endpoint: Option<SocketAddr>,
     pub user_token: usize,
 }
@@ -262,7 +261,6 @@ impl<N: Completed> EventArgs<N> {
             last_operation: g.last_operation,
             socket_error: g.socket_error,
             bytes_transferred: g.bytes.min(i32::MAX as usize) as i32,
-            accept_socket: g.accept_socket.clone(),
             remote_endpoint: g.remote_endpoint,
             user_token: g.user_token,
         }
