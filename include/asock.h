@@ -184,6 +184,20 @@
 #define ASOCK_MAIL_PRIORITY_HIGH 2
 
 /*
+ .NET DeliveryNotificationOptions, for
+ `asock_mail_message_set_delivery_notification`.
+ */
+#define ASOCK_DSN_NONE 0
+
+#define ASOCK_DSN_ON_SUCCESS 1
+
+#define ASOCK_DSN_ON_FAILURE 2
+
+#define ASOCK_DSN_DELAY 4
+
+#define ASOCK_DSN_NEVER 134217728
+
+/*
  .NET SocketAsyncOperation values, for `asock_event_args_info.last_operation`.
  */
 #define ASOCK_OP_NONE 0
@@ -207,6 +221,40 @@
  remote addresses: 2 × (sizeof(SOCKADDR_STORAGE) + 16), as AcceptEx.
  */
 #define ASOCK_ACCEPT_ADDRESS_BYTES 288
+
+#define ASOCK_SMTP_SECURITY_AUTO 0
+
+#define ASOCK_SMTP_SECURITY_NONE 1
+
+#define ASOCK_SMTP_SECURITY_STARTTLS 2
+
+#define ASOCK_SMTP_SECURITY_STARTTLS_WHEN_AVAILABLE 3
+
+#define ASOCK_SMTP_SECURITY_IMPLICIT_TLS 4
+
+#define ASOCK_SMTP_DELIVERY_NETWORK 0
+
+#define ASOCK_SMTP_DELIVERY_PICKUP_DIRECTORY 1
+
+#define ASOCK_SMTP_RECIPIENTS_ALL_OR_NOTHING 0
+
+#define ASOCK_SMTP_RECIPIENTS_DELIVER_TO_ACCEPTED 1
+
+/*
+ The client timeout's default, in milliseconds (.NET's).
+ */
+#define ASOCK_SMTP_DEFAULT_TIMEOUT_MS 100000
+
+/*
+ How long an idle connection is kept by default, in milliseconds.
+ */
+#define ASOCK_SMTP_DEFAULT_IDLE_TIMEOUT_MS 30000
+
+/*
+ `status_code` when no server reply decided the outcome (.NET
+ SmtpStatusCode.GeneralFailure).
+ */
+#define ASOCK_SMTP_STATUS_GENERAL_FAILURE -1
 
 /*
  .NET SocketType.Stream.
@@ -428,6 +476,79 @@ typedef struct asock_event_args_info {
     struct asock_endpoint remote_endpoint;
     void *user_token;
 } asock_event_args_info;
+
+/*
+ An SMTP client (.NET SmtpClient). Passed by value; valid until
+ `asock_smtp_client_free`. Any thread may call its functions; its
+ SendCompleted callback runs on the thread running its loop.
+ */
+typedef struct asock_smtp_client {
+    uint64_t id;
+} asock_smtp_client;
+
+/*
+ One recipient the server refused. The strings are valid only during
+ the SendCompleted call.
+ */
+typedef struct asock_failed_recipient {
+    const char *address;
+    /*
+     The reply code (.NET SmtpStatusCode), e.g. 550.
+     */
+    int32_t status_code;
+    /*
+     The server's whole reply, code included.
+     */
+    const char *response;
+} asock_failed_recipient;
+
+/*
+ The SendCompleted event's arguments (.NET AsyncCompletedEventArgs plus
+ SmtpException's fields). Valid only during the callback: copy what you
+ keep.
+ */
+typedef struct asock_send_completed_args {
+    /*
+     `ASOCK_OK`, or why the send failed (`ASOCK_E_SMTP_*`, …;
+     `ASOCK_OPERATION_ABORTED` when cancelled or the loop was freed).
+     */
+    asock_error error;
+    /*
+     .NET SmtpStatusCode: the deciding reply's code (250 on success), or
+     -1 (GeneralFailure) when no reply decided it.
+     */
+    int32_t status_code;
+    /*
+     The socket error underneath (connect refused, reset, timed out), or
+     `ASOCK_OK`.
+     */
+    asock_error socket_error;
+    /*
+     True when `asock_smtp_client_send_async_cancel` or
+     `asock_smtp_client_free` ended the send.
+     */
+    bool cancelled;
+    /*
+     The `user_token` given to `asock_smtp_client_send_async`.
+     */
+    void *user_token;
+    /*
+     The server's reply or an explanation; never NULL.
+     */
+    const char *message;
+    /*
+     Every refused recipient, with its code and reply; NULL when none.
+     */
+    const struct asock_failed_recipient *failed_recipients;
+    size_t failed_recipient_count;
+} asock_send_completed_args;
+
+/*
+ SendCompleted: runs exactly once per successful
+ `asock_smtp_client_send_async`, on the loop's thread, after the client
+ is free for the next send (the callback may start it).
+ */
+typedef void (*asock_send_completed_callback)(struct asock_smtp_client client, const struct asock_send_completed_args *e);
 
 /*
  A trace record. `category` is "loop", "socket" or "smtp"; `category` and
@@ -795,6 +916,15 @@ asock_error asock_mail_message_set_priority(struct asock_mail_message m, int32_t
 asock_error asock_mail_message_render(struct asock_mail_message m, uint8_t *buf, size_t len, size_t *out_len);
 
 /*
+ Asks for delivery status notifications (RFC 3461): `ASOCK_DSN_NONE`, or
+ an OR of `ASOCK_DSN_ON_SUCCESS`, `_ON_FAILURE` and `_DELAY`, or
+ `ASOCK_DSN_NEVER` alone; anything else → `ASOCK_E_ARGUMENT`. Sent as
+ `RCPT TO:<…> NOTIFY=…` when the server offers DSN; a server without DSN
+ gets the message without it, as .NET does.
+ */
+asock_error asock_mail_message_set_delivery_notification(struct asock_mail_message m, int32_t flags);
+
+/*
  Creates event args: no buffer, no callback, no AcceptSocket, no remote
  endpoint, flags none. Free with `asock_event_args_free`. `*out` is
  written only on success.
@@ -926,6 +1056,139 @@ asock_error asock_receive_from_async(struct asock_socket s, struct asock_event_a
  not connected → `socket_error` `ASOCK_NOT_CONNECTED` in the info.
  */
 asock_error asock_disconnect_async(struct asock_socket s, struct asock_event_args e, bool *out_pending);
+
+/*
+ Creates a client whose connections run on `loop` (`{0}`: the default
+ loop). Nothing is set: host and port are required before a network
+ send; security is `ASOCK_SMTP_SECURITY_AUTO`, the timeout 100 s.
+ */
+asock_error asock_smtp_client_new(struct asock_loop l, struct asock_smtp_client *out_client);
+
+/*
+ The server's name or address (the name is what its certificate must
+ match). NULL → `ASOCK_E_ARGUMENT_NULL`; "" is stored, and a network send
+ then fails with `ASOCK_E_INVALID_OPERATION`, as .NET's does.
+ */
+asock_error asock_smtp_client_set_host(struct asock_smtp_client c, const char *host);
+
+/*
+ 1..65535, else `ASOCK_E_ARGUMENT_OUT_OF_RANGE`. No default: a network
+ send with no port set → `ASOCK_E_INVALID_OPERATION`.
+ */
+asock_error asock_smtp_client_set_port(struct asock_smtp_client c, int32_t port);
+
+/*
+ .NET EnableSsl: true = `ASOCK_SMTP_SECURITY_STARTTLS` (required),
+ false = `ASOCK_SMTP_SECURITY_NONE`.
+ */
+asock_error asock_smtp_client_set_enable_ssl(struct asock_smtp_client c, bool enable);
+
+/*
+ One of `ASOCK_SMTP_SECURITY_*`, else `ASOCK_E_ARGUMENT`.
+ */
+asock_error asock_smtp_client_set_security(struct asock_smtp_client c, int32_t mode);
+
+/*
+ User name and password for AUTH PLAIN or LOGIN (whichever the server
+ offers, PLAIN first). Both NULL clears them. Copied; sent only over TLS
+ unless `asock_smtp_client_set_allow_plaintext_auth` says otherwise, and
+ shown as `***` in traces.
+ */
+asock_error asock_smtp_client_set_credentials(struct asock_smtp_client c, const char *user, const char *password);
+
+/*
+ User and OAuth 2 access token for AUTH XOAUTH2 (replaces any
+ password). Both NULL clears them. The same rules as credentials.
+ */
+asock_error asock_smtp_client_set_oauth2_token(struct asock_smtp_client c, const char *user, const char *token);
+
+/*
+ Allows AUTH over a connection without TLS (default false: the send
+ fails with `ASOCK_E_SMTP_AUTHENTICATION` before any secret is sent).
+ */
+asock_error asock_smtp_client_set_allow_plaintext_auth(struct asock_smtp_client c, bool allow);
+
+/*
+ Bounds every wait of a send — resolving, connecting, each reply, each
+ write — for send_async as well as send. > 0, else
+ `ASOCK_E_ARGUMENT_OUT_OF_RANGE`. Default 100000.
+ */
+asock_error asock_smtp_client_set_timeout(struct asock_smtp_client c, int32_t timeout_ms);
+
+/*
+ How long a connection is kept after a send for the next one (default
+ 30000); 0 says QUIT after every send. < 0 → `ASOCK_E_ARGUMENT_OUT_OF_RANGE`.
+ */
+asock_error asock_smtp_client_set_idle_timeout(struct asock_smtp_client c, int32_t idle_ms);
+
+/*
+ `ASOCK_SMTP_DELIVERY_NETWORK` or `_PICKUP_DIRECTORY`, else `ASOCK_E_ARGUMENT`.
+ */
+asock_error asock_smtp_client_set_delivery_method(struct asock_smtp_client c, int32_t method);
+
+/*
+ The directory pickup delivery writes `<unique>.eml` files to. Must be
+ absolute (else `ASOCK_E_ARGUMENT`); it must exist when a send runs (else
+ that send completes with `ASOCK_E_IO`).
+ */
+asock_error asock_smtp_client_set_pickup_directory(struct asock_smtp_client c, const char *path);
+
+/*
+ The SendCompleted handler (NULL: none). Read when a send completes.
+ */
+asock_error asock_smtp_client_set_send_completed(struct asock_smtp_client c, asock_send_completed_callback cb);
+
+/*
+ `ASOCK_SMTP_RECIPIENTS_ALL_OR_NOTHING` (default) or
+ `_DELIVER_TO_ACCEPTED`, else `ASOCK_E_ARGUMENT`.
+ */
+asock_error asock_smtp_client_set_recipient_policy(struct asock_smtp_client c, int32_t policy);
+
+/*
+ Trusts the CA certificates in a PEM file, besides the platform's roots.
+ Read now: unreadable → `ASOCK_E_IO`; no certificate in it →
+ `ASOCK_E_FORMAT`.
+ */
+asock_error asock_smtp_client_add_trusted_ca_file(struct asock_smtp_client c, const char *pem_path);
+
+/*
+ The name sent with EHLO (default: the connection's own address as an
+ address literal, e.g. `[127.0.0.1]`). No white space.
+ */
+asock_error asock_smtp_client_set_client_domain(struct asock_smtp_client c, const char *domain);
+
+/*
+ SendAsync: checks, captures the message (free or change it right
+ after) and returns; SendCompleted runs exactly once later, on the
+ loop's thread. Refused, with nothing started: message `{0}` →
+ `ASOCK_E_ARGUMENT_NULL`; client freed → `ASOCK_E_OBJECT_DISPOSED`; no
+ From, a send in progress, no To/Cc/Bcc, network with no host (or "")
+ or no port, TLS required with pickup delivery, pickup with no directory
+ → `ASOCK_E_INVALID_OPERATION`.
+ */
+asock_error asock_smtp_client_send_async(struct asock_smtp_client c, struct asock_mail_message m, void *user_token);
+
+/*
+ SendAsyncCancel: the send in progress completes now with `cancelled`
+ (its SendCompleted runs on the loop thread, once); with none in
+ progress, nothing happens. ASOCK_OK either way.
+ */
+asock_error asock_smtp_client_send_async_cancel(struct asock_smtp_client c);
+
+/*
+ Send: the same work as send_async, waited for; SendCompleted is not
+ called. Returns the outcome's code, with the server's reply or the
+ reason in `asock_error_message`. On the loop's own thread →
+ `ASOCK_E_INVALID_OPERATION` (the loop could not run the send).
+ */
+asock_error asock_smtp_client_send(struct asock_smtp_client c, struct asock_mail_message m);
+
+/*
+ Dispose: a send in progress completes with `cancelled`; an idle
+ connection gets QUIT (asynchronously) and is closed. Every later call
+ with the handle → `ASOCK_E_OBJECT_DISPOSED`. `{0}` does nothing.
+ */
+asock_error asock_smtp_client_free(struct asock_smtp_client c);
 
 /*
  Creates a non-blocking socket that belongs to `loop` (`{0}`: the default

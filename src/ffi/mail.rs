@@ -12,6 +12,14 @@ pub const ASOCK_MAIL_PRIORITY_NORMAL: i32 = 0;
 pub const ASOCK_MAIL_PRIORITY_LOW: i32 = 1;
 pub const ASOCK_MAIL_PRIORITY_HIGH: i32 = 2;
 
+/// .NET DeliveryNotificationOptions, for
+/// `asock_mail_message_set_delivery_notification`.
+pub const ASOCK_DSN_NONE: i32 = 0;
+pub const ASOCK_DSN_ON_SUCCESS: i32 = 1;
+pub const ASOCK_DSN_ON_FAILURE: i32 = 2;
+pub const ASOCK_DSN_DELAY: i32 = 4;
+pub const ASOCK_DSN_NEVER: i32 = 0x0800_0000;
+
 static MESSAGES: HandleTable<Mutex<MailMessage>> = HandleTable::new(Kind::MailMessage);
 
 fn with(m: asock_mail_message, f: impl FnOnce(&mut MailMessage) -> Result<()>) -> Result<()> {
@@ -266,4 +274,14 @@ pub extern "C" fn asock_mail_message_render(
         *out_len = raw.len();
         Ok(())
     })
+}
+
+/// Asks for delivery status notifications (RFC 3461): `ASOCK_DSN_NONE`, or
+/// an OR of `ASOCK_DSN_ON_SUCCESS`, `_ON_FAILURE` and `_DELAY`, or
+/// `ASOCK_DSN_NEVER` alone; anything else → `ASOCK_E_ARGUMENT`. Sent as
+/// `RCPT TO:<…> NOTIFY=…` when the server offers DSN; a server without DSN
+/// gets the message without it, as .NET does.
+#[no_mangle]
+pub extern "C" fn asock_mail_message_set_delivery_notification(m: asock_mail_message, flags: i32) -> asock_error {
+    guard(|| with(m, |msg| msg.set_delivery_notification(flags as u32)))
 }

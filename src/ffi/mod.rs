@@ -14,6 +14,7 @@ pub mod event_loop;
 mod handles;
 pub mod mail;
 pub mod saea;
+pub mod smtp;
 pub mod socket;
 pub mod trace;
 pub mod types;

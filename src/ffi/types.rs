@@ -120,3 +120,55 @@ pub type asock_completed_callback =
 pub struct asock_mail_message {
     pub id: u64,
 }
+
+/// An SMTP client (.NET SmtpClient). Passed by value; valid until
+/// `asock_smtp_client_free`. Any thread may call its functions; its
+/// SendCompleted callback runs on the thread running its loop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct asock_smtp_client {
+    pub id: u64,
+}
+
+/// One recipient the server refused. The strings are valid only during
+/// the SendCompleted call.
+#[repr(C)]
+pub struct asock_failed_recipient {
+    pub address: *const std::ffi::c_char,
+    /// The reply code (.NET SmtpStatusCode), e.g. 550.
+    pub status_code: i32,
+    /// The server's whole reply, code included.
+    pub response: *const std::ffi::c_char,
+}
+
+/// The SendCompleted event's arguments (.NET AsyncCompletedEventArgs plus
+/// SmtpException's fields). Valid only during the callback: copy what you
+/// keep.
+#[repr(C)]
+pub struct asock_send_completed_args {
+    /// `ASOCK_OK`, or why the send failed (`ASOCK_E_SMTP_*`, …;
+    /// `ASOCK_OPERATION_ABORTED` when cancelled or the loop was freed).
+    pub error: asock_error,
+    /// .NET SmtpStatusCode: the deciding reply's code (250 on success), or
+    /// -1 (GeneralFailure) when no reply decided it.
+    pub status_code: i32,
+    /// The socket error underneath (connect refused, reset, timed out), or
+    /// `ASOCK_OK`.
+    pub socket_error: asock_error,
+    /// True when `asock_smtp_client_send_async_cancel` or
+    /// `asock_smtp_client_free` ended the send.
+    pub cancelled: bool,
+    /// The `user_token` given to `asock_smtp_client_send_async`.
+    pub user_token: *mut c_void,
+    /// The server's reply or an explanation; never NULL.
+    pub message: *const std::ffi::c_char,
+    /// Every refused recipient, with its code and reply; NULL when none.
+    pub failed_recipients: *const asock_failed_recipient,
+    pub failed_recipient_count: usize,
+}
+
+/// SendCompleted: runs exactly once per successful
+/// `asock_smtp_client_send_async`, on the loop's thread, after the client
+/// is free for the next send (the callback may start it).
+pub type asock_send_completed_callback =
+    Option<unsafe extern "C" fn(client: asock_smtp_client, e: *const asock_send_completed_args)>;

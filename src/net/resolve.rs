@@ -17,7 +17,7 @@ type Done = Box<dyn FnOnce(Result<Vec<SocketAddr>>) + Send>;
 struct Job {
     host: String,
     port: u16,
-    family: AddressFamily,
+    family: Option<AddressFamily>,
     done: Done,
 }
 
@@ -44,9 +44,9 @@ fn queue() -> &'static Mutex<Sender<Job>> {
     })
 }
 
-/// Resolves `host` to addresses of `family` on a resolver thread, then calls
-/// `done` there.
-pub fn resolve(host: &str, port: u16, family: AddressFamily, done: Done) {
+/// Resolves `host` to addresses of `family` (None: any) on a resolver
+/// thread, then calls `done` there.
+pub fn resolve(host: &str, port: u16, family: Option<AddressFamily>, done: Done) {
     let job = Job { host: host.to_owned(), port, family, done };
     if let Err(std::sync::mpsc::SendError(job)) = queue().lock().unwrap_or_else(|p| p.into_inner()).send(job) {
         (job.done)(Err(Error::invalid_operation("the resolver threads are gone")));
@@ -54,13 +54,14 @@ pub fn resolve(host: &str, port: u16, family: AddressFamily, done: Done) {
 }
 
 /// getaddrinfo, with its EAI_* codes mapped as .NET maps them.
-pub fn lookup(host: &str, port: u16, family: AddressFamily) -> Result<Vec<SocketAddr>> {
+pub fn lookup(host: &str, port: u16, family: Option<AddressFamily>) -> Result<Vec<SocketAddr>> {
     let c_host = CString::new(host).map_err(|_| Error::argument("the host name contains NUL"))?;
     // SAFETY: a zeroed addrinfo is a valid "no hints" value.
     let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
     hints.ai_family = match family {
-        AddressFamily::Inet => libc::AF_INET,
-        AddressFamily::Inet6 => libc::AF_INET6,
+        Some(AddressFamily::Inet) => libc::AF_INET,
+        Some(AddressFamily::Inet6) => libc::AF_INET6,
+        None => libc::AF_UNSPEC,
     };
     hints.ai_socktype = libc::SOCK_STREAM;
     let mut list: *mut libc::addrinfo = std::ptr::null_mut();
@@ -112,17 +113,17 @@ mod tests {
 
     #[test]
     fn localhost_and_literals_resolve() {
-        let v4 = lookup("localhost", 25, AddressFamily::Inet).unwrap();
+        let v4 = lookup("localhost", 25, Some(AddressFamily::Inet)).unwrap();
         assert!(v4.iter().all(|a| a.is_ipv4() && a.port() == 25));
-        assert_eq!(lookup("::1", 7, AddressFamily::Inet6).unwrap(), vec!["[::1]:7".parse().unwrap()]);
+        assert_eq!(lookup("::1", 7, Some(AddressFamily::Inet6)).unwrap(), vec!["[::1]:7".parse().unwrap()]);
     }
 
     #[test]
     fn unknown_names_map_to_dotnet_codes() {
-        let e = lookup("no-such-host.invalid", 25, AddressFamily::Inet).unwrap_err();
+        let e = lookup("no-such-host.invalid", 25, Some(AddressFamily::Inet)).unwrap_err();
         assert!([ASOCK_HOST_NOT_FOUND, ASOCK_TRY_AGAIN, ASOCK_NO_RECOVERY, ASOCK_NO_DATA].contains(&e.code()), "{e}");
         // A literal of the other family has no address of this one.
-        let e = lookup("127.0.0.1", 25, AddressFamily::Inet6).unwrap_err();
+        let e = lookup("127.0.0.1", 25, Some(AddressFamily::Inet6)).unwrap_err();
         assert!([ASOCK_NO_DATA, ASOCK_HOST_NOT_FOUND, ASOCK_ADDRESS_FAMILY_NOT_SUPPORTED].contains(&e.code()), "{e}");
     }
 }

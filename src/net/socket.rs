@@ -762,7 +762,7 @@ impl Socket {
         req.connect = Some(Box::new(ConnectPlan { resolving: true, ..Default::default() }));
         self.submit(req)?;
         let me = self.clone();
-        super::resolve::resolve(host, port, self.family, Box::new(move |result| me.resolved(&sink, result)));
+        super::resolve::resolve(host, port, Some(self.family), Box::new(move |result| me.resolved(&sink, result)));
         Ok(())
     }
 

@@ -48,7 +48,15 @@ pub struct MailMessage {
     pub attachments: Vec<(String, String, Vec<u8>)>,
     pub headers: Vec<(String, String)>,
     pub priority: Priority,
+    /// .NET DeliveryNotificationOptions flags (`DSN_*`), sent as RCPT
+    /// NOTIFY= (RFC 3461) when the server offers DSN.
+    pub delivery_notification: u32,
 }
+
+pub(crate) const DSN_ON_SUCCESS: u32 = 1;
+pub(crate) const DSN_ON_FAILURE: u32 = 2;
+pub(crate) const DSN_DELAY: u32 = 4;
+pub(crate) const DSN_NEVER: u32 = 0x0800_0000;
 
 /// Headers the message writes itself: a custom one of these names would
 /// contradict it (or, for Bcc, leak the blind copies).
@@ -160,6 +168,32 @@ impl MailMessage {
             }
         }
         Some((from, rcpts))
+    }
+
+    /// Sets the delivery notification flags; Never excludes the others.
+    pub fn set_delivery_notification(&mut self, flags: u32) -> Result<()> {
+        let known = DSN_ON_SUCCESS | DSN_ON_FAILURE | DSN_DELAY | DSN_NEVER;
+        if flags & !known != 0 || (flags & DSN_NEVER != 0 && flags != DSN_NEVER) {
+            return Err(Error::argument(format!(
+                "delivery notification flags {flags:#x} are not a combination of OnSuccess, OnFailure and Delay, or Never alone"
+            )));
+        }
+        self.delivery_notification = flags;
+        Ok(())
+    }
+
+    /// The RCPT NOTIFY= value, if any notification was asked for.
+    pub fn dsn_notify(&self) -> Option<String> {
+        let f = self.delivery_notification;
+        if f == DSN_NEVER {
+            return Some("NEVER".into());
+        }
+        let words: Vec<&str> = [(DSN_ON_SUCCESS, "SUCCESS"), (DSN_ON_FAILURE, "FAILURE"), (DSN_DELAY, "DELAY")]
+            .iter()
+            .filter(|(bit, _)| f & bit != 0)
+            .map(|(_, w)| *w)
+            .collect();
+        (!words.is_empty()).then(|| words.join(","))
     }
 
     /// Whether any envelope address needs SMTPUTF8 (RFC 6531).
