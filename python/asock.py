@@ -230,3 +230,79 @@ def render_message(m):
     got = c_size_t()
     check(asock_mail_message_render(m, buf, len(buf), ctypes.byref(got)), "render")
     return buf.raw[:got.value]
+
+
+# SmtpClient (section 7)
+E_SMTP = -1100
+E_SMTP_CONNECT = -1101
+E_SMTP_AUTHENTICATION = -1102
+E_SMTP_TIMEOUT = -1103
+E_SMTP_STARTTLS_UNAVAILABLE = -1104
+E_SMTP_TLS = -1105
+E_SMTP_CERTIFICATE = -1106
+E_SMTP_FAILED_RECIPIENTS = -1107
+E_SMTP_PROTOCOL = -1108
+E_IO = -1008
+E_NOT_SUPPORTED = -1006
+TIMED_OUT = 10060
+CONNECTION_REFUSED = 10061
+SMTP_SECURITY_AUTO = 0
+SMTP_SECURITY_NONE = 1
+SMTP_SECURITY_STARTTLS = 2
+SMTP_SECURITY_STARTTLS_WHEN_AVAILABLE = 3
+SMTP_SECURITY_IMPLICIT_TLS = 4
+SMTP_DELIVERY_NETWORK = 0
+SMTP_DELIVERY_PICKUP_DIRECTORY = 1
+SMTP_RECIPIENTS_ALL_OR_NOTHING = 0
+SMTP_RECIPIENTS_DELIVER_TO_ACCEPTED = 1
+DSN_ON_SUCCESS = 1
+DSN_ON_FAILURE = 2
+DSN_DELAY = 4
+DSN_NEVER = 0x08000000
+
+
+class SmtpClient(Structure):
+    _fields_ = [("id", c_uint64)]
+
+
+class FailedRecipient(Structure):
+    _fields_ = [("address", c_char_p), ("status_code", c_int32), ("response", c_char_p)]
+
+
+class SendCompletedArgs(Structure):
+    _fields_ = [("error", c_int32), ("status_code", c_int32), ("socket_error", c_int32), ("cancelled", c_bool),
+                ("user_token", c_void_p), ("message", c_char_p),
+                ("failed_recipients", POINTER(FailedRecipient)), ("failed_recipient_count", c_size_t)]
+
+
+SEND_COMPLETED_CB = CFUNCTYPE(None, SmtpClient, POINTER(SendCompletedArgs))
+
+asock_mail_message_set_delivery_notification = _fn("asock_mail_message_set_delivery_notification", c_int32,
+                                                   MailMessage, c_int32)
+asock_smtp_client_new = _fn("asock_smtp_client_new", c_int32, Loop, _P(SmtpClient))
+asock_smtp_client_free = _fn("asock_smtp_client_free", c_int32, SmtpClient)
+for _name in ("set_host", "set_pickup_directory", "add_trusted_ca_file", "set_client_domain"):
+    globals()["asock_smtp_client_" + _name] = _fn("asock_smtp_client_" + _name, c_int32, SmtpClient, c_char_p)
+for _name in ("set_port", "set_security", "set_timeout", "set_idle_timeout", "set_delivery_method",
+              "set_recipient_policy"):
+    globals()["asock_smtp_client_" + _name] = _fn("asock_smtp_client_" + _name, c_int32, SmtpClient, c_int32)
+for _name in ("set_enable_ssl", "set_allow_plaintext_auth"):
+    globals()["asock_smtp_client_" + _name] = _fn("asock_smtp_client_" + _name, c_int32, SmtpClient, c_bool)
+for _name in ("set_credentials", "set_oauth2_token"):
+    globals()["asock_smtp_client_" + _name] = _fn("asock_smtp_client_" + _name, c_int32, SmtpClient, c_char_p,
+                                                  c_char_p)
+asock_smtp_client_set_send_completed = _fn("asock_smtp_client_set_send_completed", c_int32, SmtpClient,
+                                           SEND_COMPLETED_CB)
+asock_smtp_client_send_async = _fn("asock_smtp_client_send_async", c_int32, SmtpClient, MailMessage, c_void_p)
+asock_smtp_client_send_async_cancel = _fn("asock_smtp_client_send_async_cancel", c_int32, SmtpClient)
+asock_smtp_client_send = _fn("asock_smtp_client_send", c_int32, SmtpClient, MailMessage)
+
+
+def completed_args(e):
+    """A SendCompleted args pointer as a plain dict (the pointers die with the call)."""
+    a = e.contents
+    failed = [(a.failed_recipients[i].address.decode(), a.failed_recipients[i].status_code,
+               a.failed_recipients[i].response.decode()) for i in range(a.failed_recipient_count)]
+    return {"error": a.error, "status_code": a.status_code, "socket_error": a.socket_error,
+            "cancelled": a.cancelled, "user_token": a.user_token, "message": a.message.decode(),
+            "failed": failed}

@@ -61,6 +61,17 @@ asock_ensure_pytest() {
     "$ASOCK_VENV/bin/python" -c 'import pytest' >/dev/null 2>&1 || asock_pip_install pytest
 }
 
+# The SMTP tests' real server (aiosmtpd, with STARTTLS and AUTH) and its
+# certificates (trustme: a throwaway CA, nothing touches the system store).
+asock_ensure_smtp_test_packages() {
+    asock_ensure_venv
+    "$ASOCK_VENV/bin/python" - <<'PY' >/dev/null 2>&1 || asock_pip_install "aiosmtpd>=1.4.6" "trustme>=1.1"
+import aiosmtpd, trustme
+v = tuple(int(x) for x in aiosmtpd.__version__.split(".")[:3])
+assert v >= (1, 4, 6), v
+PY
+}
+
 # True when $1 is a cmake of at least ASOCK_MIN_CMAKE.
 _asock_cmake_ok() {
     local v major minor
