@@ -220,7 +220,9 @@ struct State {
     conn: Option<Conn>,
     /// Whatever is being waited for ends by then.
     deadline: Option<Instant>,
-    timer: Option<TimerId>,
+    /// The armed timer and when it fires; re-armed when the deadline moves
+    /// earlier (a later deadline just lets it fire and re-arm).
+    timer: Option<(TimerId, Instant)>,
     /// The loop knows the client weakly; while it has a connection or a
     /// send, this keeps it alive (a freed client still says QUIT).
     keepalive: Option<Arc<SmtpClient>>,
@@ -385,10 +387,8 @@ impl SmtpClient {
         self.with_state(|c, st, out| {
             if let Some(job) = st.job.take() {
                 trace!(LEVEL_INFO, "smtp", "send cancelled");
-                if st.conn.as_ref().is_some_and(|k| k.phase != Phase::Ready) {
-                    c.abort_conn(st);
-                }
                 out.push((job.done, SendOutcome::cancelled()));
+                c.after_send(st);
             }
         });
     }
@@ -469,6 +469,12 @@ impl SmtpClient {
         if st.conn.is_none() && st.job.is_none() {
             st.deadline = None;
         }
+        if let (Some(d), Some((id, at))) = (st.deadline, st.timer) {
+            if d < at {
+                self.lp.cancel_timer(id);
+                st.timer = None;
+            }
+        }
         if let (Some(d), None) = (st.deadline, st.timer) {
             let weak = self.me.clone();
             let delay = d.saturating_duration_since(Instant::now());
@@ -484,7 +490,7 @@ impl SmtpClient {
                 }
             });
             if let Ok(id) = self.lp.add_timer(delay, cb) {
-                st.timer = Some(id);
+                st.timer = Some((id, d));
             }
         }
         if st.conn.is_some() || st.job.is_some() {
@@ -493,7 +499,7 @@ impl SmtpClient {
             }
             None
         } else {
-            if let Some(id) = st.timer.take() {
+            if let Some((id, _)) = st.timer.take() {
                 self.lp.cancel_timer(id);
             }
             st.keepalive.take()
@@ -513,6 +519,12 @@ impl SmtpClient {
             }
             out.push((job.done, outcome));
         }
+        self.after_send(st);
+    }
+
+    /// A send is over: keep a clean connection for the next one (until the
+    /// idle timeout), close one in the middle of anything.
+    fn after_send(&self, st: &mut State) {
         match st.conn.as_ref().map(|c| c.phase) {
             Some(Phase::Ready) => {
                 if st.settings.idle_timeout.is_zero() || st.disposed {
@@ -871,7 +883,8 @@ impl SmtpClient {
             return self.abort_conn(st);
         }
         let text = format!("the server closed the connection while {}", waiting_for(phase));
-        self.conn_lost(st, out, SendOutcome::socket(ASOCK_E_SMTP, ASOCK_CONNECTION_RESET, text));
+        let code = if matches!(phase, Phase::Handshake { .. }) { ASOCK_E_SMTP_TLS } else { ASOCK_E_SMTP };
+        self.conn_lost(st, out, SendOutcome::socket(code, ASOCK_CONNECTION_RESET, text));
     }
 
     fn send_ehlo(&self, st: &mut State) {

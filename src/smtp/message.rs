@@ -384,4 +384,19 @@ mod tests {
         m.priority = Priority::Normal;
         assert!(!text(&m).contains("X-Priority"));
     }
+
+    #[test]
+    fn delivery_notification_flags() {
+        let mut m = MailMessage::default();
+        assert_eq!(m.dsn_notify(), None);
+        m.set_delivery_notification(DSN_ON_SUCCESS | DSN_ON_FAILURE).unwrap();
+        assert_eq!(m.dsn_notify().as_deref(), Some("SUCCESS,FAILURE"));
+        m.set_delivery_notification(DSN_DELAY).unwrap();
+        assert_eq!(m.dsn_notify().as_deref(), Some("DELAY"));
+        m.set_delivery_notification(DSN_NEVER).unwrap();
+        assert_eq!(m.dsn_notify().as_deref(), Some("NEVER"));
+        assert!(m.set_delivery_notification(DSN_NEVER | DSN_DELAY).is_err());
+        assert!(m.set_delivery_notification(8).is_err());
+        assert_eq!(m.dsn_notify().as_deref(), Some("NEVER"), "a refused value changes nothing");
+    }
 }
