@@ -592,6 +592,12 @@ impl SmtpClient {
     /// reply yet is retried once on a fresh one: the server closed the idle
     /// connection first, which is normal, not the send's failure.
     fn conn_lost(&self, st: &mut State, out: &mut Vec<Done>, outcome: SendOutcome) {
+        if st.conn.as_ref().is_some_and(|c| c.phase == Phase::Ready) {
+            // Idle: a send may be stored but its `start` not run yet; it
+            // will find no connection and open one.
+            trace!(LEVEL_VERBOSE, "smtp", "the idle connection is gone: {}", outcome.message);
+            return self.abort_conn(st);
+        }
         let reused = st.conn.as_ref().is_some_and(|c| c.used && c.phase == Phase::Busy);
         self.abort_conn(st);
         if let Some(job) = st.job.as_mut() {
@@ -878,7 +884,7 @@ impl SmtpClient {
 
     fn on_eof(&self, st: &mut State, out: &mut Vec<Done>) {
         let phase = st.conn.as_ref().map(|c| c.phase).unwrap_or(Phase::Ready);
-        if matches!(phase, Phase::Ready | Phase::Quit) && st.job.is_none() {
+        if phase == Phase::Ready || (phase == Phase::Quit && st.job.is_none()) {
             trace!(LEVEL_VERBOSE, "smtp", "the server closed the connection");
             return self.abort_conn(st);
         }
