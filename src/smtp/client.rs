@@ -592,9 +592,9 @@ impl SmtpClient {
     /// reply yet is retried once on a fresh one: the server closed the idle
     /// connection first, which is normal, not the send's failure.
     fn conn_lost(&self, st: &mut State, out: &mut Vec<Done>, outcome: SendOutcome) {
-        if st.conn.as_ref().is_some_and(|c| c.phase == Phase::Ready) {
-            // Idle: a send may be stored but its `start` not run yet; it
-            // will find no connection and open one.
+        if st.conn.as_ref().is_some_and(|c| matches!(c.phase, Phase::Ready | Phase::Quit)) {
+            // Idle or saying QUIT: no send runs on it. One may be stored
+            // with its `start` not run yet; it will open a new connection.
             trace!(LEVEL_VERBOSE, "smtp", "the idle connection is gone: {}", outcome.message);
             return self.abort_conn(st);
         }
@@ -884,7 +884,7 @@ impl SmtpClient {
 
     fn on_eof(&self, st: &mut State, out: &mut Vec<Done>) {
         let phase = st.conn.as_ref().map(|c| c.phase).unwrap_or(Phase::Ready);
-        if phase == Phase::Ready || (phase == Phase::Quit && st.job.is_none()) {
+        if matches!(phase, Phase::Ready | Phase::Quit) {
             trace!(LEVEL_VERBOSE, "smtp", "the server closed the connection");
             return self.abort_conn(st);
         }
