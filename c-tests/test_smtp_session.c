@@ -890,6 +890,88 @@ TEST(the_message_may_be_changed_or_freed_right_after_send_async) {
 }
 
 /* Last: no SendCompleted ever came for a client no test was waiting for. */
+/* ---- the loop freed under a send ----------------------------------------------- */
+
+/* A client like sc_client_new's, on loop `l`. */
+static bool client_on(asock_loop l, fs_server *s, sc_rec *r, asock_smtp_client *out) {
+    asock_smtp_client c;
+    asock_error e = asock_smtp_client_new(l, &c);
+    if (e != ASOCK_OK) {
+        harness_fail_code(__FILE__, __LINE__, "asock_smtp_client_new", e, ASOCK_OK);
+        return false;
+    }
+    CHECK_OK(asock_smtp_client_set_host(c, "127.0.0.1"));
+    CHECK_OK(asock_smtp_client_set_port(c, s->port));
+    CHECK_OK(asock_smtp_client_set_timeout(c, sh_client_timeout_ms()));
+    CHECK_OK(asock_smtp_client_set_send_completed(c, sc_on_completed));
+    sc_bind(c, r);
+    *out = c;
+    return true;
+}
+
+static void check_loop_freed(const sc_outcome *o, void *token) {
+    CHECK_EQ_INT(o->error, ASOCK_OPERATION_ABORTED);
+    CHECK(!o->cancelled);
+    CHECK_EQ_INT(o->status, ASOCK_SMTP_STATUS_GENERAL_FAILURE);
+    CHECK(o->token == token);
+    CHECK(strstr(o->message, "loop") != NULL);
+}
+
+TEST(freeing_the_loop_mid_send_completes_the_send_once_aborted) {
+    fs_server *s = server_with(NULL);
+    s->hook = silent_first_greeting;
+    REQUIRE(fs_start(s));
+    asock_loop l;
+    REQUIRE_OK(asock_loop_new(&l));
+    REQUIRE_OK(asock_loop_start_thread(l));
+    sc_rec r;
+    sc_rec_init(&r);
+    asock_smtp_client c;
+    REQUIRE(client_on(l, s, &r, &c));
+    asock_mail_message m = sc_message("a@x.test", "b@y.test");
+    int token;
+    REQUIRE_OK(asock_smtp_client_send_async(c, m, &token));
+    CHECK(fs_wait_conns(s, 1)); /* connected, waiting for a greeting */
+    CHECK_OK(asock_loop_free(l));
+    REQUIRE(sc_wait(&r, 1, sh_wait_ms()));
+    sc_outcome o = sc_get(&r, 0);
+    check_loop_freed(&o, &token);
+    CHECK(fs_wait_peer_closed(s, 0));
+    CHECK_ERR(asock_smtp_client_send_async(c, m, &token), ASOCK_E_OBJECT_DISPOSED);
+    CHECK_OK(asock_smtp_client_free(c));
+    CHECK_EQ_INT(sc_calls(&r), 1);
+    sc_unbind(c);
+    CHECK_OK(asock_mail_message_free(m));
+    sc_rec_destroy(&r);
+    fs_free(s);
+}
+
+TEST(freeing_a_loop_that_never_ran_completes_the_stored_send) {
+    fs_server *s = server_with(NULL);
+    REQUIRE(fs_start(s));
+    asock_loop l;
+    REQUIRE_OK(asock_loop_new(&l)); /* never run: the send stays stored */
+    sc_rec r;
+    sc_rec_init(&r);
+    asock_smtp_client c;
+    REQUIRE(client_on(l, s, &r, &c));
+    asock_mail_message m = sc_message("a@x.test", "b@y.test");
+    int token;
+    REQUIRE_OK(asock_smtp_client_send_async(c, m, &token));
+    CHECK_EQ_INT(sc_calls(&r), 0);
+    CHECK_OK(asock_loop_free(l)); /* its final drain runs the stored start */
+    CHECK_EQ_INT(sc_calls(&r), 1);
+    sc_outcome o = sc_get(&r, 0);
+    check_loop_freed(&o, &token);
+    CHECK(pthread_equal(o.thread, pthread_self())); /* free's thread acted as the loop's */
+    CHECK_EQ_INT(fs_conn_count(s), 0);
+    CHECK_OK(asock_smtp_client_free(c));
+    sc_unbind(c);
+    CHECK_OK(asock_mail_message_free(m));
+    sc_rec_destroy(&r);
+    fs_free(s);
+}
+
 TEST(no_stray_send_completed_calls) {
     CHECK(sh_flush_default_loop(NULL));
     CHECK_EQ_INT(atomic_load(&sc_stray_calls), 0);
@@ -917,6 +999,8 @@ int main(void) {
     RUN(blocking_send_returns_the_outcome_and_calls_nothing_back);
     RUN(blocking_send_on_the_loop_thread_is_invalid_operation);
     RUN(the_message_may_be_changed_or_freed_right_after_send_async);
+    RUN(freeing_the_loop_mid_send_completes_the_send_once_aborted);
+    RUN(freeing_a_loop_that_never_ran_completes_the_stored_send);
     RUN(no_stray_send_completed_calls);
     return harness_finish();
 }

@@ -479,14 +479,19 @@ impl SmtpClient {
             let weak = self.me.clone();
             let delay = d.saturating_duration_since(Instant::now());
             let cb = Box::new(move |o: TimerOutcome| {
-                if let (TimerOutcome::Fired, Some(c)) = (o, weak.upgrade()) {
-                    c.with_state(|c, st, out| {
+                let Some(c) = weak.upgrade() else { return };
+                match o {
+                    TimerOutcome::Fired => c.with_state(|c, st, out| {
                         st.timer = None;
                         if st.deadline.is_some_and(|d| Instant::now() >= d) {
                             st.deadline = None;
                             c.timed_out(st, out);
                         }
-                    });
+                    }),
+                    // The loop is being freed. A send that has no socket on
+                    // it (resolving) would hear of it from nobody else.
+                    TimerOutcome::Cancelled if c.lp.is_closing() => c.with_state(|c, st, out| c.loop_gone(st, out)),
+                    TimerOutcome::Cancelled => {}
                 }
             });
             if let Ok(id) = self.lp.add_timer(delay, cb) {
@@ -635,6 +640,10 @@ impl SmtpClient {
         if st.job.as_ref().map(|j| j.seq) != Some(seq) {
             return; // cancelled before it started
         }
+        if self.lp.is_closing() {
+            // Run by the loop's final drain: it cannot carry a connection.
+            return self.loop_gone(st, out);
+        }
         self.wait(st);
         let fresh = st.conn.as_ref().map(|c| c.phase == Phase::Ready && c.generation == st.generation);
         match fresh {
@@ -664,8 +673,11 @@ impl SmtpClient {
             Box::new(move |result| {
                 let Some(c) = weak.upgrade() else { return };
                 let c2 = c.clone();
-                let _ = c.lp.post(Box::new(move || {
-                    c2.with_state(|c, st, out| {
+                let cell = Arc::new(Mutex::new(Some(result)));
+                let cell2 = cell.clone();
+                let resume = move |c: &SmtpClient, cell: &Mutex<Option<Result<Vec<SocketAddr>>>>| {
+                    let Some(result) = lock(cell).take() else { return };
+                    c.with_state(|c, st, out| {
                         if st.job.as_ref().map(|j| j.seq) != Some(seq) || st.conn.is_some() {
                             return;
                         }
@@ -683,7 +695,12 @@ impl SmtpClient {
                             ),
                         }
                     })
-                }));
+                };
+                // A loop freed meanwhile takes no posts: resume here, where
+                // connecting fails and the send completes.
+                if c.lp.post(Box::new(move || resume(&c2, &cell2))).is_err() {
+                    resume(&c, &cell);
+                }
             }),
         );
     }
@@ -1270,6 +1287,19 @@ impl SmtpClient {
         }
     }
 
+    /// The loop is being freed: nothing can run on it any more.
+    fn loop_gone(&self, st: &mut State, out: &mut Vec<Done>) {
+        self.abort_conn(st);
+        st.timer = None;
+        st.deadline = None;
+        if let Some(job) = st.job.take() {
+            out.push((
+                job.done,
+                SendOutcome::fail(ASOCK_OPERATION_ABORTED, STATUS_GENERAL_FAILURE, "the loop was freed"),
+            ));
+        }
+    }
+
     // --- pickup directory -------------------------------------------------
 
     fn run_pickup(&self, seq: u64) {
@@ -1294,16 +1324,7 @@ impl Source for SmtpClient {
     }
 
     fn on_loop_closed(&self) {
-        self.with_state(|c, st, out| {
-            c.abort_conn(st);
-            st.timer = None;
-            if let Some(job) = st.job.take() {
-                out.push((
-                    job.done,
-                    SendOutcome::fail(ASOCK_OPERATION_ABORTED, STATUS_GENERAL_FAILURE, "the loop was freed"),
-                ));
-            }
-        });
+        self.with_state(|c, st, out| c.loop_gone(st, out));
     }
 }
 
