@@ -330,7 +330,7 @@ impl SmtpClient {
         let raw = msg.render()?;
         let pickup = s.delivery == Delivery::PickupDirectory;
         let size = raw.len();
-        let eight_bit = raw.iter().any(|&b| b >= 0x80);
+        let eight_bit = !raw.is_ascii();
         let data = if pickup {
             raw
         } else {
@@ -841,15 +841,15 @@ impl SmtpClient {
             }
         }
         if readable || hangup {
-            self.read_input(st, out);
+            self.read_input(st, out, hangup);
         }
     }
 
-    fn read_input(&self, st: &mut State, out: &mut Vec<Done>) {
+    fn read_input(&self, st: &mut State, out: &mut Vec<Done>, hangup: bool) {
         let Some(conn) = st.conn.as_mut() else { return };
         let id = conn.id;
         let mut buf = std::mem::take(&mut conn.inbuf);
-        let end = match conn.t.read(&mut buf) {
+        let end = match conn.t.read(&mut buf, hangup) {
             Ok(end) => end,
             Err(e) => return self.transport_failed(st, out, e),
         };

@@ -9,35 +9,36 @@
 //! the same buffer, so it leaves in the same write as the end of the body.
 
 /// Appends the DATA payload for `body` to `out`.
+///
+/// Runs of ordinary bytes are copied whole (found with `memchr`): a
+/// rendered message is mostly such runs, so this costs about a copy.
 pub fn encode(body: &[u8], out: &mut Vec<u8>) {
     out.reserve(body.len() + body.len() / 64 + 5);
-    let mut at_line_start = true;
-    let mut i = 0;
-    while i < body.len() {
-        match body[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if body.get(i + 1) == Some(&b'\n') {
-                    i += 1;
+    let mut rest = body;
+    loop {
+        // At a line start: stuff a leading dot.
+        if rest.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        match memchr::memchr2(b'\r', b'\n', rest) {
+            None => {
+                out.extend_from_slice(rest);
+                if !rest.is_empty() {
+                    out.extend_from_slice(b"\r\n");
                 }
-                at_line_start = true;
+                break;
             }
-            b'\n' => {
+            Some(i) => {
+                out.extend_from_slice(&rest[..i]);
                 out.extend_from_slice(b"\r\n");
-                at_line_start = true;
-            }
-            b => {
-                if at_line_start && b == b'.' {
-                    out.push(b'.');
+                // CRLF, bare CR and bare LF all end the line as CRLF.
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                rest = &rest[i + skip..];
+                if rest.is_empty() {
+                    break;
                 }
-                out.push(b);
-                at_line_start = false;
             }
         }
-        i += 1;
-    }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
 }

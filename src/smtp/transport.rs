@@ -114,12 +114,22 @@ impl Transport {
     }
 
     /// Reads everything available, appending plaintext to `into`.
-    pub fn read(&mut self, into: &mut Vec<u8>) -> Result<ReadEnd, TransportError> {
+    ///
+    /// `hangup`: the edge reported the peer's shutdown too. Without it, a
+    /// plaintext read that does not fill the buffer has emptied the
+    /// socket — more data would raise a new edge — so the extra read that
+    /// would only say `WouldBlock` is skipped (the rule `net::socket`
+    /// follows, one system call per reply saved).
+    pub fn read(&mut self, into: &mut Vec<u8>, hangup: bool) -> Result<ReadEnd, TransportError> {
         let mut buf = [0u8; 16 * 1024];
         match &mut self.tls {
             None => loop {
                 match (&self.sock).read(&mut buf) {
                     Ok(0) => return Ok(ReadEnd::Eof),
+                    Ok(n) if n < buf.len() && !hangup => {
+                        into.extend_from_slice(&buf[..n]);
+                        return Ok(ReadEnd::Open);
+                    }
                     Ok(n) => into.extend_from_slice(&buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Open),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
