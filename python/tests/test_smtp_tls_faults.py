@@ -115,6 +115,44 @@ def test_plaintext_after_starttls_is_a_tls_failure():
     assert fake.peer.lines[-1] == "STARTTLS"
 
 
+def test_capabilities_before_tls_are_forgotten():
+    """RFC 3207 4.2: what the server said before TLS (here a 10-byte SIZE
+    limit and PIPELINING, as a man in the middle could have written them)
+    counts for nothing once TLS is up: the message goes out, without SIZE=
+    and one command at a time, as the post-TLS EHLO reply says."""
+    from smtp_servers import Peer, pki
+    ctx = pki().server_context()
+
+    def server(p):
+        greet(p, caps=(b"SIZE 10", b"PIPELINING", b"STARTTLS"))
+        assert p.line() == "STARTTLS"
+        p.send(b"220 go ahead\r\n")
+        t = Peer(ctx.wrap_socket(p.conn, server_side=True))
+        assert t.line().startswith("EHLO ")
+        t.send(b"250-fake\r\n250 8BITMIME\r\n")
+        mail_from = t.line()
+        # Not pipelined now: nothing more arrives until MAIL is answered.
+        assert t.buf == b"", t.buf
+        t.send(b"250 ok\r\n")
+        assert t.line().startswith("RCPT TO:")
+        t.send(b"250 ok\r\n")
+        assert t.line() == "DATA"
+        t.send(b"354 go\r\n")
+        t.until(b"\r\n.\r\n")
+        t.send(b"250 queued\r\n")
+        assert t.line() == "QUIT"
+        t.send(b"221 bye\r\n")
+        return mail_from
+
+    with ScriptedServer(server) as fake:
+        with Client(fake.port, host="localhost", ca=True, enable_ssl=True) as c, mail() as m:
+            r = c.send_and_wait(m)
+        mail_from = fake.join()
+    assert r["error"] == asock.OK, str(r)
+    assert r["status_code"] == 250
+    assert mail_from == "MAIL FROM:<alice@example.com>", mail_from
+
+
 def test_starttls_required_but_not_offered():
     def server(p):
         greet(p, caps=(b"8BITMIME", b"SIZE 1000000"))
