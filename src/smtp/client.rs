@@ -717,6 +717,9 @@ impl SmtpClient {
                 }
             }
         }
+        if self.lp.is_closing() {
+            return self.loop_gone(st, out);
+        }
         let (code, text) = match last {
             Some((addr, e)) => (e.code(), format!("cannot connect to {addr}: {}", e.detail())),
             None => (ASOCK_NO_DATA, "no address to connect to".to_owned()),
@@ -731,6 +734,12 @@ impl SmtpClient {
         rest: Vec<SocketAddr>,
     ) -> std::result::Result<(), (Error, Vec<SocketAddr>)> {
         let os = |e: std::io::Error| Error::os(&e, "connect");
+        // Attached first: a loop being freed refuses here, before any
+        // connection exists for a server to see.
+        let key = match self.lp.attach(self.me.clone() as Weak<dyn Source>) {
+            Ok(key) => key,
+            Err(e) => return Err((e, rest)),
+        };
         let attempt = (|| {
             let sock = RawSocket::new(
                 Domain::for_address(addr),
@@ -745,13 +754,20 @@ impl SmtpClient {
                 Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
                 Err(e) => return Err(os(e)),
             }
-            let key = self.lp.attach(self.me.clone() as Weak<dyn Source>)?;
-            if let Err(e) = self.lp.watch(key, std::os::fd::AsRawFd::as_raw_fd(&sock)) {
+            Ok(sock)
+        })()
+        .and_then(|sock| match self.lp.watch(key, std::os::fd::AsRawFd::as_raw_fd(&sock)) {
+            Ok(()) => Ok((sock, key)),
+            // Deregistered while the descriptor is still open, so its
+            // number cannot have gone to another socket yet.
+            Err(e) => {
                 self.lp.detach(key);
-                return Err(e);
+                Err(e)
             }
-            Ok((sock, key))
-        })();
+        });
+        if attempt.is_err() {
+            self.lp.detach(key); // a no-op when done above: the key is stale
+        }
         match attempt {
             Ok((sock, key)) => {
                 trace!(LEVEL_INFO, "smtp", "connecting to {addr}");
