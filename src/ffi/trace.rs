@@ -24,7 +24,10 @@ fn c_text(s: &str) -> CString {
 /// or `ASOCK_TRACE_OFF` turns tracing off; off is the default and costs one
 /// atomic load per traced point. `cb` runs on whichever thread did the work,
 /// possibly on several at once; SMTP secrets are masked before it sees them.
-/// Records emitted from inside `cb` itself are dropped. Returns once no call
+/// Records emitted from inside `cb` itself are dropped. `cb` may run while
+/// asock holds an object's internal lock, so it must not call asock
+/// functions other than `asock_error_name` (hand the text to another
+/// thread if something must be done about it). Returns once no call
 /// to the previous callback is in progress, so its userdata may be freed
 /// then; calling it from inside the trace callback →
 /// `ASOCK_E_INVALID_OPERATION`.
