@@ -891,11 +891,11 @@ static inline bool sh_flush_default_loop(pthread_t *thread) {
 
 /* ---- clients and messages --------------------------------------------------- */
 
-/* A client on the default loop for the fake server's port (port 0: none
- * set), host 127.0.0.1, the long timeout, the recorder bound. */
-static inline bool sc_client_new(fs_server *s, sc_rec *r, asock_smtp_client *out) {
+/* A client on loop `l` for the fake server's port (port 0: none set),
+ * host 127.0.0.1, the long timeout, the recorder bound. */
+static inline bool sc_client_new_on(asock_loop l, fs_server *s, sc_rec *r, asock_smtp_client *out) {
     asock_smtp_client c;
-    asock_error e = asock_smtp_client_new((asock_loop){0}, &c);
+    asock_error e = asock_smtp_client_new(l, &c);
     if (e != ASOCK_OK) {
         harness_fail_code(__FILE__, __LINE__, "asock_smtp_client_new", e, ASOCK_OK);
         return false;
@@ -912,6 +912,11 @@ static inline bool sc_client_new(fs_server *s, sc_rec *r, asock_smtp_client *out
         sc_bind(c, r);
     *out = c;
     return true;
+}
+
+/* sc_client_new_on the default loop. */
+static inline bool sc_client_new(fs_server *s, sc_rec *r, asock_smtp_client *out) {
+    return sc_client_new_on((asock_loop){0}, s, r, out);
 }
 
 /* A message from `from` to `to` (either NULL: not set) with a subject and
@@ -982,6 +987,13 @@ static inline int sh_count(const char *hay, const char *needle) {
     for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += len)
         n++;
     return n;
+}
+
+/* Run last in each file: no SendCompleted ever came for a client no test
+ * was waiting for. */
+TEST(no_stray_send_completed_calls) {
+    CHECK(sh_flush_default_loop(NULL));
+    CHECK_EQ_INT(atomic_load(&sc_stray_calls), 0);
 }
 
 #endif /* ASOCK_SMTP_HELPERS_H */

@@ -1190,12 +1190,6 @@ TEST(client_domain_is_the_ehlo_name) {
     fs_free(s);
 }
 
-/* Last: no SendCompleted ever came for a client no test was waiting for. */
-TEST(no_stray_send_completed_calls) {
-    CHECK(sh_flush_default_loop(NULL));
-    CHECK_EQ_INT(atomic_load(&sc_stray_calls), 0);
-}
-
 int main(void) {
     RUN(new_free_and_every_call_after_free_is_object_disposed);
     RUN(setters_check_their_arguments);

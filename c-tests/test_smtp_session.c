@@ -892,23 +892,6 @@ TEST(the_message_may_be_changed_or_freed_right_after_send_async) {
 /* Last: no SendCompleted ever came for a client no test was waiting for. */
 /* ---- the loop freed under a send ----------------------------------------------- */
 
-/* A client like sc_client_new's, on loop `l`. */
-static bool client_on(asock_loop l, fs_server *s, sc_rec *r, asock_smtp_client *out) {
-    asock_smtp_client c;
-    asock_error e = asock_smtp_client_new(l, &c);
-    if (e != ASOCK_OK) {
-        harness_fail_code(__FILE__, __LINE__, "asock_smtp_client_new", e, ASOCK_OK);
-        return false;
-    }
-    CHECK_OK(asock_smtp_client_set_host(c, "127.0.0.1"));
-    CHECK_OK(asock_smtp_client_set_port(c, s->port));
-    CHECK_OK(asock_smtp_client_set_timeout(c, sh_client_timeout_ms()));
-    CHECK_OK(asock_smtp_client_set_send_completed(c, sc_on_completed));
-    sc_bind(c, r);
-    *out = c;
-    return true;
-}
-
 static void check_loop_freed(const sc_outcome *o, void *token) {
     CHECK_EQ_INT(o->error, ASOCK_OPERATION_ABORTED);
     CHECK(!o->cancelled);
@@ -927,7 +910,7 @@ TEST(freeing_the_loop_mid_send_completes_the_send_once_aborted) {
     sc_rec r;
     sc_rec_init(&r);
     asock_smtp_client c;
-    REQUIRE(client_on(l, s, &r, &c));
+    REQUIRE(sc_client_new_on(l, s, &r, &c));
     asock_mail_message m = sc_message("a@x.test", "b@y.test");
     int token;
     REQUIRE_OK(asock_smtp_client_send_async(c, m, &token));
@@ -954,7 +937,7 @@ TEST(freeing_a_loop_that_never_ran_completes_the_stored_send) {
     sc_rec r;
     sc_rec_init(&r);
     asock_smtp_client c;
-    REQUIRE(client_on(l, s, &r, &c));
+    REQUIRE(sc_client_new_on(l, s, &r, &c));
     asock_mail_message m = sc_message("a@x.test", "b@y.test");
     int token;
     REQUIRE_OK(asock_smtp_client_send_async(c, m, &token));
@@ -970,11 +953,6 @@ TEST(freeing_a_loop_that_never_ran_completes_the_stored_send) {
     CHECK_OK(asock_mail_message_free(m));
     sc_rec_destroy(&r);
     fs_free(s);
-}
-
-TEST(no_stray_send_completed_calls) {
-    CHECK(sh_flush_default_loop(NULL));
-    CHECK_EQ_INT(atomic_load(&sc_stray_calls), 0);
 }
 
 int main(void) {
