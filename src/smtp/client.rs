@@ -1389,3 +1389,89 @@ fn send_line(conn: &mut Conn, line: &str, secret: bool) {
     conn.t.queue(line.as_bytes());
     conn.t.queue(b"\r\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::message::Mailbox;
+    use proptest::prelude::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// Replies a server might send, good and bad, and arbitrary bytes.
+    fn chunk() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"220 hi\r\n".to_vec()),
+            Just(b"250-x\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250 8BITMIME\r\n".to_vec()),
+            Just(b"250 ok\r\n".to_vec()),
+            Just(b"250 ok\r\n250 ok\r\n354 go\r\n".to_vec()),
+            Just(b"354 go\r\n".to_vec()),
+            Just(b"550 5.1.1 no\r\n".to_vec()),
+            Just(b"421 bye\r\n".to_vec()),
+            Just(b"334 \r\n".to_vec()),
+            Just(b"250-STARTTLS\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    fn message(rcpts: usize) -> MailMessage {
+        let mut m = MailMessage {
+            from: Some(Mailbox::new("a@x.test", None).unwrap()),
+            body: "hello\n.\nbye".into(),
+            ..Default::default()
+        };
+        for i in 0..rcpts {
+            m.to.push(Mailbox::new(&format!("r{i}@y.test"), None).unwrap());
+        }
+        m
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        /// Whatever a server answers, in whatever pieces, a send ends in
+        /// exactly one completion and nothing panics.
+        #[test]
+        fn any_server_ends_a_send_exactly_once(script in proptest::collection::vec(chunk(), 0..8), rcpts in 1usize..3) {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                // A client waiting for more of a reply sends nothing: the
+                // next piece goes out after a short pause then.
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                let mut buf = [0u8; 8192];
+                for (i, c) in script.iter().enumerate() {
+                    // After the greeting, answer each thing the client sends.
+                    if i > 0 && matches!(s.read(&mut buf), Ok(0)) {
+                        return;
+                    }
+                    if s.write_all(c).is_err() {
+                        return;
+                    }
+                }
+                // Then close: the client must not wait for its timeout.
+            });
+            let lp = EventLoop::new().unwrap();
+            lp.start_thread().unwrap();
+            let client = SmtpClient::new(lp.clone()).unwrap();
+            client
+                .configure(|s| {
+                    s.host = Some("127.0.0.1".into());
+                    s.port = port;
+                    s.security = Security::None;
+                    s.timeout = Duration::from_secs(5);
+                    Ok(())
+                })
+                .unwrap();
+            let (tx, rx) = mpsc::channel();
+            client.send_async(&message(rcpts), Box::new(move |o| tx.send(o).unwrap())).unwrap();
+            let outcome = rx.recv_timeout(Duration::from_secs(10)).expect("one completion");
+            prop_assert!(!outcome.message.is_empty());
+            prop_assert!(outcome.error != ASOCK_OK || outcome.status == 250, "{outcome:?}");
+            client.dispose();
+            server.join().unwrap();
+            lp.close().unwrap();
+            prop_assert!(rx.try_recv().is_err(), "a second completion");
+        }
+    }
+}
