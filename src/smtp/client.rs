@@ -1207,6 +1207,19 @@ impl SmtpClient {
         }
         // Decided before DATA's reply is looked at: every envelope reply is in.
         let abort = if matches!(expect, Expect::Data) { self.must_abort(st) } else { None };
+        // RFC 5321 §4.3.2: the only good answers. Anything else that is not a
+        // refusal (4xx, 5xx) — 220 to MAIL, 250 to DATA, 354 after the
+        // data — is a server out of step, never success.
+        let (good, what): (&[u16], &str) = match expect {
+            Expect::Mail => (&[250], "MAIL"),
+            Expect::Rcpt(_) => (&[250, 251], "RCPT"),
+            Expect::Data => (&[354], "DATA"),
+            Expect::Body => (&[250], "the message data"),
+            Expect::Rset => (&[], "RSET"),
+        };
+        if !good.is_empty() && !good.contains(&r.code) && !(400..600).contains(&r.code) {
+            return self.fail(st, out, protocol(format!("{r} is not an answer to {what}")));
+        }
         let conn = st.conn.as_mut().expect("on a connection");
         let job = st.job.as_mut().expect("checked above");
         let first = job.replies == 0;
@@ -1217,7 +1230,7 @@ impl SmtpClient {
         }
         match expect {
             Expect::Mail => {
-                if !r.is_positive() {
+                if !r.is_completion() {
                     job.mail_reject = Some(r);
                     if !pipelining {
                         let outcome = self.must_abort(st).expect("the sender was rejected");
@@ -1229,7 +1242,7 @@ impl SmtpClient {
                 }
             }
             Expect::Rcpt(i) => {
-                if r.is_positive() {
+                if r.is_completion() {
                     job.accepted += 1;
                 } else {
                     let address = job.env.rcpts[i].clone();
@@ -1272,7 +1285,7 @@ impl SmtpClient {
             Expect::Body => {
                 conn.phase = Phase::Ready;
                 conn.used = true;
-                let outcome = if !r.is_positive() {
+                let outcome = if !r.is_completion() {
                     SendOutcome::fail(ASOCK_E_SMTP, r.code.into(), format!("the server refused the message: {r}"))
                 } else if !job.failed.is_empty() {
                     let text = format!(
@@ -1414,6 +1427,32 @@ mod tests {
         ]
     }
 
+    /// A server script: the start of a good conversation (pipelined or
+    /// not), cut anywhere, then anything — so the fuzzing reaches every
+    /// phase, not only the greeting.
+    fn script() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        (any::<bool>(), 0usize..=6, proptest::collection::vec(chunk(), 0..4)).prop_map(|(pipelining, k, tail)| {
+            let good: &[&[u8]] = if pipelining {
+                &[
+                    b"220 hi\r\n",
+                    b"250-x\r\n250-PIPELINING\r\n250 SIZE 100000\r\n",
+                    b"250 ok\r\n250 ok\r\n354 go\r\n",
+                    b"250 ok\r\n",
+                ]
+            } else {
+                &[
+                    b"220 hi\r\n",
+                    b"250-x\r\n250 8BITMIME\r\n",
+                    b"250 ok\r\n",
+                    b"250 ok\r\n",
+                    b"354 go\r\n",
+                    b"250 ok\r\n",
+                ]
+            };
+            good[..k.min(good.len())].iter().map(|c| c.to_vec()).chain(tail).collect()
+        })
+    }
+
     fn message(rcpts: usize) -> MailMessage {
         let mut m = MailMessage {
             from: Some(Mailbox::new("a@x.test", None).unwrap()),
@@ -1427,11 +1466,17 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        // A fixed seed: the same 400 servers in every run (sockets make it the
+        // slowest property test; CI must not depend on the draw).
+        #![proptest_config(ProptestConfig {
+            cases: 400,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5e4d_a11),
+            ..ProptestConfig::default()
+        })]
         /// Whatever a server answers, in whatever pieces, a send ends in
         /// exactly one completion and nothing panics.
         #[test]
-        fn any_server_ends_a_send_exactly_once(script in proptest::collection::vec(chunk(), 0..8), rcpts in 1usize..3) {
+        fn any_server_ends_a_send_exactly_once(script in script(), rcpts in 1usize..3) {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();
             let server = std::thread::spawn(move || {

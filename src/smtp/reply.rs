@@ -24,8 +24,10 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
+    /// 2xx: the command was done. (3xx only means "go on", and only after
+    /// DATA or AUTH, where the client checks the exact code.)
+    pub fn is_completion(&self) -> bool {
+        (200..300).contains(&self.code)
     }
 
     /// The RFC 3463 enhanced status code at the start of the first line
