@@ -1470,7 +1470,7 @@ mod tests {
         // slowest property test; CI must not depend on the draw).
         #![proptest_config(ProptestConfig {
             cases: 400,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5e4d_a11),
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x05e4_da11),
             ..ProptestConfig::default()
         })]
         /// Whatever a server answers, in whatever pieces, a send ends in
