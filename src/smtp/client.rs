@@ -1519,4 +1519,70 @@ mod tests {
             prop_assert!(rx.try_recv().is_err(), "a second completion");
         }
     }
+
+    /// A refused address is not the end: the next one is tried (the path
+    /// a host with an IPv6 and an IPv4 address takes when only one listens).
+    #[test]
+    fn a_refused_address_falls_back_to_the_next() {
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 8192];
+            for reply in [&b"220 hi\r\n"[..], b"250 x\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"] {
+                s.write_all(reply).unwrap();
+                assert!(s.read(&mut buf).unwrap() > 0);
+            }
+            while !buf.windows(5).any(|w| w == b"\r\n.\r\n") {
+                assert!(s.read(&mut buf).unwrap() > 0);
+            }
+            s.write_all(b"250 queued\r\n").unwrap();
+        });
+        let lp = EventLoop::new().unwrap();
+        let client = SmtpClient::new(lp.clone()).unwrap();
+        client
+            .configure(|s| {
+                s.host = Some("127.0.0.1".into());
+                s.port = open.port();
+                s.security = Security::None;
+                s.timeout = Duration::from_secs(10);
+                Ok(())
+            })
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Stored as send_async stores it, but connected to the two
+        // addresses a resolver might have returned.
+        client.with_state(|c, st, out| {
+            let m = message(1);
+            let (from, rcpts) = m.envelope().unwrap();
+            let mut data = Vec::new();
+            data::encode(&m.render().unwrap(), &mut data);
+            let env = Envelope { from, rcpts, size: data.len(), data, smtputf8: false, eight_bit: false, notify: None };
+            st.job = Some(Job {
+                seq: 0,
+                env,
+                done: Box::new(move |o| tx.send(o).unwrap()),
+                failed: vec![],
+                accepted: 0,
+                mail_reject: None,
+                replies: 0,
+                retried: false,
+                after_rset: None,
+            });
+            c.wait(st);
+            c.connect_addrs(st, out, vec![closed, open]);
+        });
+        lp.start_thread().unwrap();
+        let outcome = rx.recv_timeout(Duration::from_secs(15)).expect("a completion");
+        assert_eq!(outcome.error, ASOCK_OK, "{outcome:?}");
+        assert_eq!(outcome.status, 250);
+        server.join().unwrap();
+        client.dispose();
+        lp.close().unwrap();
+    }
 }
