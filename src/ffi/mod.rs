@@ -109,6 +109,12 @@ pub(crate) fn copy_out(text: &str, buf: *mut c_char, len: usize) -> usize {
     text.len()
 }
 
+/// `s` as a C string for a callback; an interior NUL (which C would take
+/// for the end) is shown as `\0`.
+pub(crate) fn c_text(s: &str) -> std::ffi::CString {
+    std::ffi::CString::new(s.replace('\0', "\\0")).expect("NULs were replaced")
+}
+
 /// Copies `bytes` to a caller buffer already checked to hold them.
 pub(crate) fn write_bytes(dst: *mut u8, bytes: &[u8]) {
     // SAFETY: callers check `dst` is non-NULL with room for `bytes.len()`.

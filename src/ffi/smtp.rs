@@ -6,7 +6,7 @@ use super::types::{
     asock_error, asock_failed_recipient, asock_loop, asock_mail_message, asock_send_completed_args,
     asock_send_completed_callback, asock_smtp_client,
 };
-use super::{c_str, guard, out, UserPtr};
+use super::{c_str, c_text, guard, out, UserPtr};
 use crate::error::{Error, Result, ASOCK_OK};
 use crate::handle::{HandleTable, Kind};
 use crate::smtp::auth::Credentials;
@@ -321,9 +321,8 @@ pub extern "C" fn asock_smtp_client_set_client_domain(c: asock_smtp_client, doma
 fn deliver(cl: &Client, handle: asock_smtp_client, token: UserPtr, o: SendOutcome) {
     let cb = *cl.completed.lock().unwrap_or_else(|p| p.into_inner());
     let Some(cb) = cb else { return };
-    let text = |s: &str| CString::new(s.replace('\0', "\\0")).expect("NULs were replaced");
-    let message = text(&o.message);
-    let strings: Vec<(CString, CString)> = o.failed.iter().map(|f| (text(&f.address), text(&f.response))).collect();
+    let message = c_text(&o.message);
+    let strings: Vec<(CString, CString)> = o.failed.iter().map(|f| (c_text(&f.address), c_text(&f.response))).collect();
     let failed: Vec<asock_failed_recipient> = o
         .failed
         .iter()

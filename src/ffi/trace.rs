@@ -1,10 +1,10 @@
 //! Section 8: network tracing.
 
 use super::types::{asock_error, asock_trace_callback};
-use super::{guard, UserPtr};
+use super::{c_text, guard, UserPtr};
 use crate::error::Error;
 use crate::trace::{self, LEVEL_OFF, LEVEL_VERBOSE};
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::sync::Arc;
 
 pub const ASOCK_TRACE_OFF: i32 = 0;
@@ -14,10 +14,6 @@ pub const ASOCK_TRACE_ERROR: i32 = 1;
 pub const ASOCK_TRACE_INFO: i32 = 2;
 /// Everything, including per-event detail.
 pub const ASOCK_TRACE_VERBOSE: i32 = 3;
-
-fn c_text(s: &str) -> CString {
-    CString::new(s.replace('\0', "\\0")).expect("NULs were replaced")
-}
 
 /// Sends trace records of `level` and below (`ASOCK_TRACE_ERROR`..`_VERBOSE`;
 /// else `ASOCK_E_ARGUMENT_OUT_OF_RANGE`) to `cb` with `userdata`. A NULL `cb`

@@ -242,10 +242,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn ms(d: Duration) -> u128 {
-    d.as_millis()
-}
-
 impl SmtpClient {
     pub fn new(lp: Arc<EventLoop>) -> Result<Arc<SmtpClient>> {
         if lp.is_closing() {
@@ -283,10 +279,6 @@ impl SmtpClient {
         st.generation += 1;
         st.tls_config = None;
         Ok(r)
-    }
-
-    pub fn settings(&self) -> Settings {
-        lock(&self.st).settings.clone()
     }
 
     /// Starts sending `msg`; `done` runs exactly once on the loop thread.
@@ -570,7 +562,7 @@ impl SmtpClient {
                 Some(p) => waiting_for(p),
             };
             self.abort_conn(st);
-            let ms = ms(st.settings.timeout);
+            let ms = st.settings.timeout.as_millis();
             self.finish(
                 st,
                 out,
@@ -659,8 +651,7 @@ impl SmtpClient {
     fn connect(&self, st: &mut State, out: &mut Vec<Done>) {
         let host = st.settings.host.clone().unwrap_or_default();
         let port = st.settings.port;
-        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host);
-        if let Ok(ip) = bare.parse::<IpAddr>() {
+        if let Ok(ip) = bare_host(&host).parse::<IpAddr>() {
             return self.connect_addrs(st, out, vec![SocketAddr::new(ip, port)]);
         }
         let Some(seq) = st.job.as_ref().map(|j| j.seq) else { return };
@@ -806,7 +797,7 @@ impl SmtpClient {
             }
         }
         let host = st.settings.host.clone().unwrap_or_default();
-        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host).to_owned();
+        let bare = bare_host(&host).to_owned();
         let config = st.tls_config.clone().expect("set above");
         match tls::connect(&config, &bare) {
             Ok(session) => {
@@ -1169,11 +1160,10 @@ impl SmtpClient {
         let all_or_nothing = st.settings.policy == RecipientPolicy::AllOrNothing;
         if job.accepted == 0 || (!job.failed.is_empty() && all_or_nothing) {
             let n = job.env.rcpts.len();
-            let list: Vec<String> = job.failed.iter().map(|f| format!("<{}>: {}", f.address, f.response)).collect();
             let text = format!(
                 "the server rejected {} of {n} recipients, so the message was sent to nobody: {}",
                 job.failed.len(),
-                list.join("; ")
+                rejections(&job.failed)
             );
             let status = job.failed.first().map(|f| f.status).unwrap_or(STATUS_GENERAL_FAILURE);
             return Some(SendOutcome {
@@ -1201,9 +1191,9 @@ impl SmtpClient {
         };
         let pipelining = conn.caps.pipelining;
         if st.job.is_none() {
-            // Cancelled while the connection stayed: only RSET is expected.
-            conn.phase = Phase::Ready;
-            return;
+            // Cannot happen: whatever takes the job closes a connection
+            // in the middle of a transaction. Closed, should it ever.
+            return self.abort_conn(st);
         }
         // Decided before DATA's reply is looked at: every envelope reply is in.
         let abort = if matches!(expect, Expect::Data) { self.must_abort(st) } else { None };
@@ -1292,11 +1282,7 @@ impl SmtpClient {
                         "delivered to {} of {} recipients ({r}); rejected: {}",
                         job.accepted,
                         job.env.rcpts.len(),
-                        job.failed
-                            .iter()
-                            .map(|f| format!("<{}>: {}", f.address, f.response))
-                            .collect::<Vec<_>>()
-                            .join("; ")
+                        rejections(&job.failed)
                     );
                     SendOutcome {
                         failed: job.failed.clone(),
@@ -1363,6 +1349,16 @@ fn protocol(text: impl Into<String>) -> SendOutcome {
 
 fn error_label(code: i32) -> String {
     name(code).to_string_lossy().into_owned()
+}
+
+/// `[192.0.2.1]` or `[::1]` as an address; a name as it is.
+fn bare_host(host: &str) -> &str {
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
+/// "<a@b>: 550 …; <c@d>: 550 …" for a message.
+fn rejections(failed: &[FailedRecipient]) -> String {
+    failed.iter().map(|f| format!("<{}>: {}", f.address, f.response)).collect::<Vec<_>>().join("; ")
 }
 
 fn waiting_for(p: Phase) -> String {
